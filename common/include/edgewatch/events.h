@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * The wire contract between edgewatch's BPF programs and its user-space
+ * consumer: every record written into the shared ring buffer starts with
+ * `struct ew_hdr` and has a fixed size per kind.
+ *
+ * Rules (checked by exporter-ebpf/tests/layout.rs against common/src/lib.rs):
+ * - fixed-width integer types only: no bool, no enum, no pointer, no long;
+ * - every hole is an explicit `_pad` field, so the Rust mirror derives
+ *   bytemuck::Pod (which refuses implicit padding);
+ * - every record's size is a multiple of 8 (ring-buffer records are
+ *   8-byte aligned anyway; this keeps the tail padding explicit too).
+ */
+#ifndef EDGEWATCH_EVENTS_H
+#define EDGEWATCH_EVENTS_H
+
+/* Record kinds (ew_hdr.kind). 0 is never valid. */
+#define EW_KIND_CONNECT_CALL 1
+#define EW_KIND_TCP_CONNECT 2
+#define EW_KIND_RETRANSMIT 3
+#define EW_KIND_MAP_OP 4
+
+/* Probe ids: index into the per-CPU `ew_lost` array counting records the
+ * kernel could not reserve. */
+#define EW_PROBE_CONNECT 0
+#define EW_PROBE_RETRANSMIT 1
+#define EW_PROBE_MAP 2
+#define EW_PROBE_COUNT 8
+
+#define EW_COMM_LEN 16
+
+/* Common prefix of every record. */
+struct ew_hdr {
+	__u16 kind;  /* EW_KIND_* */
+	__u16 size;  /* sizeof the whole record */
+	__u32 cpu;   /* CPU the program ran on */
+	__u64 ts_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+};
+
+/* One finished connect() syscall (syscalls:sys_exit_connect). */
+struct ew_connect_call {
+	struct ew_hdr hdr;
+	__u32 tgid;
+	__u32 pid;
+	__s32 ret;     /* 0 or -errno */
+	__u16 family;  /* sa_family of the address passed to connect() */
+	__u16 _pad;
+	char comm[EW_COMM_LEN];
+};
+
+/* One TCP active open leaving SYN_SENT (sock:inet_sock_set_state). */
+struct ew_tcp_connect {
+	struct ew_hdr hdr;
+	__u64 duration_ns; /* SYN_SENT entry to this transition */
+	__u32 tgid;        /* process that entered SYN_SENT */
+	__s32 sk_err;      /* sk->sk_err at the transition; 0 when established */
+	__u16 family;      /* AF_INET or AF_INET6 */
+	__u16 dport;       /* host byte order */
+	__u16 newstate;    /* TCP_ESTABLISHED (1) or TCP_CLOSE (7) */
+	__u16 _pad;
+	__u8 daddr[16];    /* IPv4 in the first 4 bytes */
+	char comm[EW_COMM_LEN];
+};
+
+#endif /* EDGEWATCH_EVENTS_H */

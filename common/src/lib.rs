@@ -1,0 +1,136 @@
+//! The wire contract between edgewatch's BPF programs and user space: the
+//! Rust mirror of `common/include/edgewatch/events.h`.
+//!
+//! The C header is the source; these types follow it and
+//! `exporter-ebpf/tests/layout.rs` fails when the two drift (every record,
+//! field, offset, size and constant is compared with what clang produced).
+//! Every record derives [`bytemuck::Pod`], which refuses implicit padding at
+//! compile time, so holes must be explicit `_pad` fields on both sides.
+
+#![no_std]
+
+use bytemuck::{Pod, Zeroable};
+
+/// One field of a record: name, offset, size.
+pub type FieldLayout = (&'static str, usize, usize);
+
+/// Declares a wire record and its [`Record`] impl: C name, and a table of
+/// fields with their offsets computed by the compiler.
+macro_rules! wire_record {
+    (
+        $(#[$meta:meta])*
+        $c_name:literal => pub struct $name:ident {
+            $( $(#[$fmeta:meta])* pub $field:ident : $ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: $ty, )*
+        }
+
+        impl Record for $name {
+            const C_NAME: &'static str = $c_name;
+            const FIELDS: &'static [FieldLayout] = &[
+                $( (stringify!($field), core::mem::offset_of!($name, $field), core::mem::size_of::<$ty>()), )*
+            ];
+        }
+    };
+}
+
+/// A record type with its C name and field table (for the layout test).
+pub trait Record: Pod {
+    const C_NAME: &'static str;
+    const FIELDS: &'static [FieldLayout];
+}
+
+pub const KIND_CONNECT_CALL: u16 = 1;
+pub const KIND_TCP_CONNECT: u16 = 2;
+pub const KIND_RETRANSMIT: u16 = 3;
+pub const KIND_MAP_OP: u16 = 4;
+
+pub const PROBE_CONNECT: u32 = 0;
+pub const PROBE_RETRANSMIT: u32 = 1;
+pub const PROBE_MAP: u32 = 2;
+/// Size of the per-CPU `ew_lost` array.
+pub const PROBE_COUNT: u32 = 8;
+
+pub const COMM_LEN: usize = 16;
+
+/// Every `EW_*` constant of the header, for the layout test.
+pub const DEFINES: &[(&str, u64)] = &[
+    ("EW_KIND_CONNECT_CALL", KIND_CONNECT_CALL as u64),
+    ("EW_KIND_TCP_CONNECT", KIND_TCP_CONNECT as u64),
+    ("EW_KIND_RETRANSMIT", KIND_RETRANSMIT as u64),
+    ("EW_KIND_MAP_OP", KIND_MAP_OP as u64),
+    ("EW_PROBE_CONNECT", PROBE_CONNECT as u64),
+    ("EW_PROBE_RETRANSMIT", PROBE_RETRANSMIT as u64),
+    ("EW_PROBE_MAP", PROBE_MAP as u64),
+    ("EW_PROBE_COUNT", PROBE_COUNT as u64),
+    ("EW_COMM_LEN", COMM_LEN as u64),
+];
+
+wire_record! {
+    /// Common prefix of every record.
+    "ew_hdr" => pub struct Header {
+        /// `KIND_*`.
+        pub kind: u16,
+        /// Size of the whole record.
+        pub size: u16,
+        pub cpu: u32,
+        /// `bpf_ktime_get_ns()`, CLOCK_MONOTONIC.
+        pub ts_ns: u64,
+    }
+}
+
+wire_record! {
+    /// One finished connect() syscall.
+    "ew_connect_call" => pub struct ConnectCall {
+        pub hdr: Header,
+        pub tgid: u32,
+        pub pid: u32,
+        /// 0 or -errno.
+        pub ret: i32,
+        pub family: u16,
+        pub _pad: u16,
+        pub comm: [u8; COMM_LEN],
+    }
+}
+
+wire_record! {
+    /// One TCP active open leaving SYN_SENT.
+    "ew_tcp_connect" => pub struct TcpConnect {
+        pub hdr: Header,
+        pub duration_ns: u64,
+        pub tgid: u32,
+        /// `sk->sk_err` at the transition (positive errno); 0 when established.
+        pub sk_err: i32,
+        pub family: u16,
+        /// Host byte order.
+        pub dport: u16,
+        /// TCP state entered: 1 (ESTABLISHED) or 7 (CLOSE).
+        pub newstate: u16,
+        pub _pad: u16,
+        /// IPv4 addresses use the first 4 bytes.
+        pub daddr: [u8; 16],
+        pub comm: [u8; COMM_LEN],
+    }
+}
+
+/// Every record type, as (C name, size, fields), for the layout test.
+pub const RECORDS: &[(&str, usize, &[FieldLayout])] = &[
+    record_entry::<Header>(),
+    record_entry::<ConnectCall>(),
+    record_entry::<TcpConnect>(),
+];
+
+const fn record_entry<R: Record>() -> (&'static str, usize, &'static [FieldLayout]) {
+    (R::C_NAME, core::mem::size_of::<R>(), R::FIELDS)
+}
+
+/// The process name in a record: bytes up to the first NUL.
+pub fn comm_str(comm: &[u8; COMM_LEN]) -> &[u8] {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    &comm[..end]
+}

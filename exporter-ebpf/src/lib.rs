@@ -1,0 +1,26 @@
+//! edgewatch's BPF objects, compiled from `src/*.bpf.c` by the build script
+//! and embedded: our probes are fixed, so nothing is looked up on disk at run
+//! time.
+
+/// `include_bytes!` only guarantees byte alignment; the ELF parser reads
+/// 8-byte fields in place, so the objects are wrapped in an aligned struct.
+#[repr(C, align(8))]
+struct Aligned<B: ?Sized>(B);
+
+static EDGEWATCH: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/edgewatch.bpf.o"
+)));
+
+/// The tracing object: connect, retransmit and map probes, the shared ring
+/// buffer `ew_events` and the lost-record array `ew_lost`.
+pub fn edgewatch() -> &'static [u8] {
+    &EDGEWATCH.0
+}
+
+/// Record layouts of `common/include/edgewatch/events.h` as clang lays them
+/// out for BPF: lines of `record field offset` and `record =size N`.
+pub const C_LAYOUT: &str = include_str!(concat!(env!("OUT_DIR"), "/layout.txt"));
+
+/// The `EW_*` macros of the same header, as `NAME VALUE` lines.
+pub const C_DEFINES: &str = include_str!(concat!(env!("OUT_DIR"), "/defines.txt"));

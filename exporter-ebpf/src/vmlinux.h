@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * The kernel types edgewatch's programs read, declared with only the fields
+ * they use and marked preserve_access_index: every access is a CO-RE field
+ * relocation resolved by the loader (aya) against the running kernel's BTF
+ * (/sys/kernel/btf/vmlinux). Field order and offsets here do not matter.
+ *
+ * Why not a full `bpftool btf dump ... format c` vmlinux.h: it is ~135k lines
+ * tied to the kernel of whoever generated it, and it would make the build
+ * depend on the build host's BTF. This subset builds anywhere clang and the
+ * libbpf-dev headers do.
+ */
+#ifndef EDGEWATCH_VMLINUX_H
+#define EDGEWATCH_VMLINUX_H
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct trace_entry {
+	unsigned short type;
+	unsigned char flags;
+	unsigned char preempt_count;
+	int pid;
+};
+
+/* include/trace/events/syscalls.h: syscalls:sys_enter_* / sys_exit_* */
+struct trace_event_raw_sys_enter {
+	struct trace_entry ent;
+	long id;
+	unsigned long args[6];
+};
+
+struct trace_event_raw_sys_exit {
+	struct trace_entry ent;
+	long id;
+	long ret;
+};
+
+/* include/trace/events/sock.h: sock:inet_sock_set_state */
+struct trace_event_raw_inet_sock_set_state {
+	struct trace_entry ent;
+	const void *skaddr;
+	int oldstate;
+	int newstate;
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u16 protocol;
+	__u8 saddr[4];
+	__u8 daddr[4];
+	__u8 saddr_v6[16];
+	__u8 daddr_v6[16];
+};
+
+struct sock {
+	int sk_err;
+};
+
+struct sockaddr {
+	unsigned short sa_family;
+};
+
+#pragma clang attribute pop
+
+#endif /* EDGEWATCH_VMLINUX_H */

@@ -1,1 +1,284 @@
-fn main(){}
+//! edgewatch: eBPF observability exporter. CLI -> config -> validate -> run.
+
+mod aggregate;
+mod config;
+mod decode;
+mod errno;
+mod export;
+mod pipeline;
+mod probe;
+mod system;
+mod telemetry;
+
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc};
+
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{PerCpuArray, RingBuf},
+};
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::{
+    config::{Config, ConfigErrors, Settings, split_list},
+    pipeline::{Dispatcher, Pipeline},
+    probe::Probe,
+    telemetry::{LostCollector, ProbeModeLabels, Telemetry},
+};
+
+/// Usage and configuration errors.
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "edgewatch", version, about = "eBPF observability exporter for Prometheus and OpenTelemetry")]
+struct Cli {
+    /// YAML configuration file (strict: unknown keys are errors).
+    #[arg(long = "config.file", value_name = "PATH")]
+    config_file: Option<PathBuf>,
+    /// Validate the configuration, load and attach every enabled probe,
+    /// print one line per probe with its attach mode, then exit.
+    #[arg(long = "config.check")]
+    config_check: bool,
+    /// Address to serve metrics on [default: 0.0.0.0:10120].
+    #[arg(long = "web.listen-address", value_name = "ADDR")]
+    listen_address: Option<String>,
+    /// Path of the metrics endpoint [default: /metrics].
+    #[arg(long = "web.telemetry-path", value_name = "PATH")]
+    telemetry_path: Option<String>,
+    /// Comma list of probes to enable [default: all: connect].
+    #[arg(long = "probes", value_name = "LIST")]
+    probes: Option<String>,
+    /// Comma list of opt-in labels: comm, peer [default: none].
+    #[arg(long = "metrics.labels", value_name = "LIST")]
+    labels: Option<String>,
+    /// Series cap per metric family for opt-in labels [default: 2000].
+    #[arg(long = "metrics.series-limit", value_name = "N")]
+    series_limit: Option<usize>,
+    /// Log level: error, warn, info, debug, trace [default: info].
+    #[arg(long = "log.level", value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long = "log.format", value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Ring buffer size in bytes, a power of two [default: 8388608].
+    #[arg(long = "ringbuf.size-bytes", value_name = "BYTES")]
+    ringbuf_size: Option<u64>,
+    /// Pending bytes past which the kernel wakes the consumer; 0 wakes it for every record [default: 262144].
+    #[arg(long = "ringbuf.wakeup-bytes", value_name = "BYTES")]
+    wakeup_bytes: Option<u64>,
+    /// Backstop drain period in milliseconds [default: 100].
+    #[arg(long = "ringbuf.flush-interval-ms", value_name = "MS")]
+    flush_interval_ms: Option<u64>,
+}
+
+impl Cli {
+    /// The file's configuration with every given flag applied on top.
+    fn config(&self) -> Result<Config, ConfigErrors> {
+        let mut cfg = match &self.config_file {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &self.listen_address {
+            cfg.web.listen_address = v.clone();
+        }
+        if let Some(v) = &self.telemetry_path {
+            cfg.web.telemetry_path = v.clone();
+        }
+        if let Some(v) = &self.probes {
+            cfg.probes = split_list(v);
+        }
+        if let Some(v) = &self.labels {
+            cfg.metrics.labels = split_list(v);
+        }
+        if let Some(v) = self.series_limit {
+            cfg.metrics.series_limit = v;
+        }
+        if let Some(v) = &self.log_level {
+            cfg.log.level = v.clone();
+        }
+        if let Some(v) = &self.log_format {
+            cfg.log.format = v.clone();
+        }
+        if let Some(v) = self.ringbuf_size {
+            cfg.ringbuf.size_bytes = v;
+        }
+        if let Some(v) = self.wakeup_bytes {
+            cfg.ringbuf.wakeup_bytes = v;
+        }
+        if let Some(v) = self.flush_interval_ms {
+            cfg.ringbuf.flush_interval_ms = v;
+        }
+        Ok(cfg)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match cli.config().and_then(|c| c.validate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("edgewatch: invalid configuration: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging(&settings);
+
+    let result = if cli.config_check { check(&settings) } else { serve(settings) };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("edgewatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if settings.log_json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+/// Loads the tracing object with the configured ring size and submit policy.
+fn load(settings: &Settings) -> Result<Ebpf> {
+    system::raise_memlock();
+    system::ensure_tracefs()?;
+    system::ensure_bpffs();
+    EbpfLoader::new()
+        .map_max_entries("ew_events", settings.ringbuf_size)
+        .override_global("ew_wakeup_bytes", &settings.wakeup_bytes, true)
+        .load(edgewatch_ebpf::edgewatch())
+        .context("loading the BPF object")
+}
+
+/// Attaches every probe; returns the names that failed.
+fn attach_all(
+    bpf: &mut Ebpf,
+    probes: &mut [Box<dyn Probe>],
+    telemetry: &Telemetry,
+    report: &mut dyn FnMut(&str, Result<&str, String>),
+) -> usize {
+    let mut failed = 0;
+    for p in probes.iter_mut() {
+        match p.attach(bpf) {
+            Ok(mode) => {
+                telemetry
+                    .probe_attached
+                    .get_or_create(&ProbeModeLabels { probe: p.name(), mode: mode.as_str() })
+                    .set(1);
+                report(p.name(), Ok(mode.as_str()));
+            }
+            Err(e) => {
+                failed += 1;
+                telemetry
+                    .probe_attached
+                    .get_or_create(&ProbeModeLabels { probe: p.name(), mode: "none" })
+                    .set(0);
+                report(p.name(), Err(format!("{e:#}")));
+            }
+        }
+    }
+    failed
+}
+
+fn check(settings: &Settings) -> Result<ExitCode> {
+    let mut bpf = load(settings)?;
+    let mut registry = Registry::default();
+    let telemetry = Telemetry::register(&mut registry);
+    let mut probes = probe::build(settings, &mut registry, &telemetry);
+    let failed = attach_all(&mut bpf, &mut probes, &telemetry, &mut |name, r| match r {
+        Ok(mode) => println!("{name}: attached ({mode})"),
+        Err(e) => println!("{name}: FAILED: {e}"),
+    });
+    drop(bpf); // detaches everything
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn serve(settings: Settings) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(run(settings))
+}
+
+async fn run(settings: Settings) -> Result<ExitCode> {
+    let mut bpf = load(&settings)?;
+    let mut registry = Registry::default();
+    let telemetry = Telemetry::register(&mut registry);
+    let mut probes = probe::build(&settings, &mut registry, &telemetry);
+    let failed = attach_all(&mut bpf, &mut probes, &telemetry, &mut |name, r| match r {
+        Ok(mode) => tracing::info!(probe = name, mode, "probe attached"),
+        Err(error) => tracing::error!(probe = name, %error, "probe failed to attach"),
+    });
+    if failed == probes.len() && !probes.is_empty() {
+        anyhow::bail!("no probe could be attached (see the errors above)");
+    }
+
+    let lost = PerCpuArray::<_, u64>::try_from(bpf.take_map("ew_lost").context("map ew_lost missing")?)
+        .context("opening ew_lost")?;
+    registry.register_collector(Box::new(LostCollector::new(
+        lost,
+        probes.iter().map(|p| (p.id(), p.name())).collect(),
+        telemetry.scrape_errors.clone(),
+    )));
+    let ring = RingBuf::try_from(bpf.take_map("ew_events").context("map ew_events missing")?)
+        .context("opening the ring buffer")?;
+    let (pipeline, flush) =
+        Pipeline::new(ring, Dispatcher::new(probes, telemetry.clone()), settings.flush_interval)
+            .context("registering the ring buffer with tokio")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(pipeline.run(stop_rx.clone()));
+
+    let app = export::prometheus::router(export::prometheus::AppState {
+        registry: Arc::new(registry),
+        flush: Some(flush),
+        telemetry_path: settings.telemetry_path.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("listening on {}", settings.listen))?;
+    let address = listener.local_addr().context("reading the listen address")?;
+    tracing::info!(%address, path = %settings.telemetry_path, "listening");
+
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.changed().await;
+            })
+            .await
+    });
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = consumer.await;
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+    }
+    drop(bpf); // detaches every program
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

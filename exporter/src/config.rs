@@ -1,0 +1,373 @@
+//! Configuration: a strict YAML file, overridden by command-line flags, then
+//! validated as a whole so that every problem is reported at once with its
+//! path.
+//!
+//! Unknown keys are collected with `serde_ignored` rather than refused by
+//! `serde(deny_unknown_fields)`: the latter stops at the first unknown key,
+//! the former lists all of them with their full paths in one pass.
+
+use std::{fmt, net::SocketAddr, path::Path, time::Duration};
+
+use serde::Deserialize;
+
+/// Default listen port: outside the 9100-9999 range Prometheus allocates to
+/// exporters (fully taken), and not used by any well-known exporter.
+pub const DEFAULT_PORT: u16 = 10120;
+
+/// Every probe name `--probes` accepts, in attach order.
+pub const PROBE_NAMES: &[&str] = &["connect"];
+
+/// Opt-in labels `--metrics.labels` accepts.
+pub const LABEL_NAMES: &[&str] = &["comm", "peer"];
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Config {
+    pub web: WebConfig,
+    /// Probes to enable.
+    pub probes: Vec<String>,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+    pub ringbuf: RingbufConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct WebConfig {
+    pub listen_address: String,
+    pub telemetry_path: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// Opt-in high-cardinality labels: comm, peer.
+    pub labels: Vec<String>,
+    /// Series cap per metric family once opt-in labels are on.
+    pub series_limit: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RingbufConfig {
+    /// Ring size: a power of two, at least one page.
+    pub size_bytes: u64,
+    /// Unread bytes past which the kernel wakes the consumer (0: every record).
+    pub wakeup_bytes: u64,
+    /// Backstop drain period when no wake-up comes, in milliseconds.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            web: WebConfig::default(),
+            probes: PROBE_NAMES.iter().map(|s| s.to_string()).collect(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
+            ringbuf: RingbufConfig::default(),
+        }
+    }
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            listen_address: format!("0.0.0.0:{DEFAULT_PORT}"),
+            telemetry_path: "/metrics".into(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { labels: Vec::new(), series_limit: 2000 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: "text".into() }
+    }
+}
+
+impl Default for RingbufConfig {
+    fn default() -> Self {
+        Self { size_bytes: 8 << 20, wakeup_bytes: 256 << 10, flush_interval_ms: 100 }
+    }
+}
+
+/// Every problem found in a configuration, each as `path: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.join("; "))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and parses a YAML file; see [`Config::parse`].
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        Self::parse(&text)
+            .map_err(|e| ConfigErrors(e.0.into_iter().map(|m| format!("{}: {m}", path.display())).collect()))
+    }
+
+    /// Parses YAML text strictly: every unknown key and the first type error
+    /// are reported, each with its path. Does not validate values.
+    pub fn parse(text: &str) -> Result<Self, ConfigErrors> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let mut unknown = Vec::new();
+        let mut track = serde_path_to_error::Track::new();
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let result: Result<Config, _> = {
+            let de = serde_path_to_error::Deserializer::new(de, &mut track);
+            serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
+        };
+        let mut errors: Vec<String> =
+            unknown.into_iter().map(|p| format!("{p}: unknown key")).collect();
+        match result {
+            Ok(cfg) if errors.is_empty() => Ok(cfg),
+            Ok(_) => Err(ConfigErrors(errors)),
+            Err(e) => {
+                let path = track.path().to_string();
+                let msg = e.to_string();
+                // serde_yaml_ng appends " at line L column C": keep it, it helps.
+                if path.is_empty() || path == "." {
+                    errors.push(msg);
+                } else {
+                    errors.push(format!("{path}: {msg}"));
+                }
+                Err(ConfigErrors(errors))
+            }
+        }
+    }
+
+    /// Checks every value and returns all problems at once.
+    pub fn validate(&self) -> Result<Settings, ConfigErrors> {
+        let mut errors = Vec::new();
+
+        let listen = match self.web.listen_address.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errors.push(format!(
+                    "web.listen_address: {:?} is not an address:port (e.g. 0.0.0.0:{DEFAULT_PORT}, [::1]:{DEFAULT_PORT})",
+                    self.web.listen_address
+                ));
+                None
+            }
+        };
+        let path = &self.web.telemetry_path;
+        if !path.starts_with('/') || path == "/" || path == "/healthz" {
+            errors.push(format!(
+                "web.telemetry_path: {path:?} must start with '/' and not be '/' or '/healthz'"
+            ));
+        }
+
+        let mut probes = Vec::new();
+        for (i, p) in self.probes.iter().enumerate() {
+            match PROBE_NAMES.iter().find(|n| **n == p) {
+                Some(n) if !probes.contains(n) => probes.push(*n),
+                Some(_) => errors.push(format!("probes[{i}]: {p:?} is listed twice")),
+                None => errors.push(format!(
+                    "probes[{i}]: unknown probe {p:?} (known: {})",
+                    PROBE_NAMES.join(", ")
+                )),
+            }
+        }
+
+        let mut labels = OptInLabels::default();
+        for (i, l) in self.metrics.labels.iter().enumerate() {
+            match l.as_str() {
+                "comm" => labels.comm = true,
+                "peer" => labels.peer = true,
+                _ => errors.push(format!(
+                    "metrics.labels[{i}]: unknown label {l:?} (known: {})",
+                    LABEL_NAMES.join(", ")
+                )),
+            }
+        }
+        if self.metrics.series_limit == 0 {
+            errors.push("metrics.series_limit: must be at least 1".into());
+        }
+
+        let level = match self.log.level.to_ascii_lowercase().as_str() {
+            l @ ("error" | "warn" | "info" | "debug" | "trace") => l.to_string(),
+            other => {
+                errors.push(format!(
+                    "log.level: unknown level {other:?} (known: error, warn, info, debug, trace)"
+                ));
+                String::new()
+            }
+        };
+        let json = match self.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                errors.push(format!("log.format: unknown format {other:?} (known: text, json)"));
+                false
+            }
+        };
+
+        let size = self.ringbuf.size_bytes;
+        if !size.is_power_of_two() || !(4096..=(1 << 30)).contains(&size) {
+            errors.push(format!(
+                "ringbuf.size_bytes: {size} must be a power of two from 4096 to 1073741824"
+            ));
+        }
+        if self.ringbuf.wakeup_bytes >= size {
+            errors.push(format!(
+                "ringbuf.wakeup_bytes: {} must be smaller than ringbuf.size_bytes ({size})",
+                self.ringbuf.wakeup_bytes
+            ));
+        }
+        if !(1..=60_000).contains(&self.ringbuf.flush_interval_ms) {
+            errors.push(format!(
+                "ringbuf.flush_interval_ms: {} must be from 1 to 60000",
+                self.ringbuf.flush_interval_ms
+            ));
+        }
+
+        match listen {
+            Some(listen) if errors.is_empty() => Ok(Settings {
+                listen,
+                telemetry_path: path.clone(),
+                probes,
+                labels,
+                series_limit: self.metrics.series_limit,
+                log_level: level,
+                log_json: json,
+                ringbuf_size: size as u32,
+                wakeup_bytes: self.ringbuf.wakeup_bytes,
+                flush_interval: Duration::from_millis(self.ringbuf.flush_interval_ms),
+            }),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+}
+
+/// Which opt-in labels are on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OptInLabels {
+    pub comm: bool,
+    pub peer: bool,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub telemetry_path: String,
+    pub probes: Vec<&'static str>,
+    pub labels: OptInLabels,
+    pub series_limit: usize,
+    pub log_level: String,
+    pub log_json: bool,
+    pub ringbuf_size: u32,
+    pub wakeup_bytes: u64,
+    pub flush_interval: Duration,
+}
+
+/// Splits a comma list flag value; empty items are dropped.
+pub fn split_list(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let cfg = Config::parse(
+            "web:\n  listen_address: 127.0.0.1:9999\n  telemetry_path: /m\nprobes: [connect]\n\
+             metrics:\n  labels: [comm, peer]\n  series_limit: 10\nlog:\n  level: debug\n  format: json\n\
+             ringbuf:\n  size_bytes: 65536\n  wakeup_bytes: 0\n  flush_interval_ms: 5\n",
+        )
+        .unwrap();
+        let s = cfg.validate().unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(s.telemetry_path, "/m");
+        assert_eq!(s.labels, OptInLabels { comm: true, peer: true });
+        assert_eq!(s.series_limit, 10);
+        assert!(s.log_json);
+        assert_eq!(s.ringbuf_size, 65536);
+        assert_eq!(s.flush_interval, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_its_path() {
+        let err = Config::parse("web:\n  listen_adress: x\nmetrics:\n  lables: [comm]\nbogus: 1\n")
+            .unwrap_err();
+        assert_eq!(
+            err.0,
+            vec![
+                "web.listen_adress: unknown key",
+                "metrics.lables: unknown key",
+                "bogus: unknown key"
+            ]
+        );
+    }
+
+    #[test]
+    fn type_errors_carry_the_path() {
+        let err = Config::parse("metrics:\n  series_limit: lots\n").unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert!(err.0[0].starts_with("metrics.series_limit: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let mut cfg = Config::default();
+        cfg.web.listen_address = "nowhere".into();
+        cfg.probes = vec!["connect".into(), "telepathy".into(), "connect".into()];
+        cfg.metrics.labels = vec!["pid".into()];
+        cfg.metrics.series_limit = 0;
+        cfg.log.level = "loud".into();
+        cfg.log.format = "xml".into();
+        cfg.ringbuf.size_bytes = 1000;
+        cfg.ringbuf.flush_interval_ms = 0;
+        let err = cfg.validate().unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|e| e.split(':').next().unwrap()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "web.listen_address",
+                "probes[1]",
+                "probes[2]",
+                "metrics.labels[0]",
+                "metrics.series_limit",
+                "log.level",
+                "log.format",
+                "ringbuf.size_bytes",
+                "ringbuf.wakeup_bytes",
+                "ringbuf.flush_interval_ms"
+            ]
+        );
+    }
+
+    #[test]
+    fn split_list_trims_and_drops_empties() {
+        assert_eq!(split_list(" comm, ,peer,"), vec!["comm", "peer"]);
+    }
+}

@@ -1,0 +1,3 @@
+//! Exporters: Prometheus scrape endpoint.
+
+pub mod prometheus;

@@ -1,0 +1,264 @@
+//! The scrape endpoint: `GET <telemetry path>` in OpenMetrics or the
+//! Prometheus text format (0.0.4) by content negotiation, `GET /healthz`, and
+//! a landing page.
+//!
+//! prometheus-client encodes OpenMetrics only; [`to_prometheus_text`]
+//! rewrites its output into the classic format for clients that do not ask
+//! for OpenMetrics (curl, older Prometheus, many agents).
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prometheus_client::registry::Registry;
+
+use crate::pipeline::FlushHandle;
+
+pub const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const TEXT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// How long a scrape waits for the pipeline to drain before encoding anyway.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    /// None in tests without a ring buffer.
+    pub flush: Option<FlushHandle>,
+    pub telemetry_path: String,
+}
+
+pub fn router(state: AppState) -> Router {
+    let path = state.telemetry_path.clone();
+    Router::new()
+        .route(&path, get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/", get(landing))
+        .with_state(state)
+}
+
+async fn landing(State(state): State<AppState>) -> impl IntoResponse {
+    let path = &state.telemetry_path;
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        format!(
+            "<html><head><title>edgewatch</title></head><body><h1>edgewatch</h1>\
+             <p><a href=\"{path}\">Metrics</a> · <a href=\"/healthz\">Health</a></p></body></html>\n"
+        ),
+    )
+}
+
+/// True if the Accept header asks for OpenMetrics with a non-zero quality.
+pub fn wants_openmetrics(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("");
+            let zero_q = parts.any(|p| {
+                p.strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()) == Some(0.0)
+            });
+            media.eq_ignore_ascii_case("application/openmetrics-text") && !zero_q
+        })
+}
+
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(flush) = &state.flush
+        && !flush.flush(FLUSH_TIMEOUT).await
+    {
+        tracing::warn!("ring-buffer drain before scrape timed out; serving what is aggregated");
+    }
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        tracing::error!(error = %e, "encoding metrics failed");
+        return (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n").into_response();
+    }
+    let (content_type, body) = if wants_openmetrics(&headers) {
+        (OPENMETRICS_TYPE, body)
+    } else {
+        (TEXT_TYPE, to_prometheus_text(&body))
+    };
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response()
+}
+
+/// Rewrites OpenMetrics text into the Prometheus text format 0.0.4:
+/// counter families are named with their `_total` suffix, info families
+/// become gauges named `<name>_info`, `# UNIT`, `# EOF`, `_created` samples
+/// and exemplars are dropped.
+pub fn to_prometheus_text(om: &str) -> String {
+    let mut types: HashMap<&str, &str> = HashMap::new();
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, ty)) = rest.split_once(' ')
+        {
+            types.insert(name, ty);
+        }
+    }
+    let renamed = |name: &str| -> (String, &'static str) {
+        match types.get(name).copied() {
+            Some("counter") => (format!("{name}_total"), "counter"),
+            Some("info") => (format!("{name}_info"), "gauge"),
+            Some("gauge") => (name.to_string(), "gauge"),
+            Some("histogram") => (name.to_string(), "histogram"),
+            Some("summary") => (name.to_string(), "summary"),
+            _ => (name.to_string(), "untyped"),
+        }
+    };
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(&format!("# HELP {} {help}\n", renamed(name).0));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split_once(' ').map_or(rest, |(n, _)| n);
+            let (name, ty) = renamed(name);
+            out.push_str(&format!("# TYPE {name} {ty}\n"));
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        let sample_name = line.split(['{', ' ']).next().unwrap_or("");
+        if sample_name.ends_with("_created") {
+            continue;
+        }
+        out.push_str(strip_exemplar(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// A sample line without its exemplar (` # {...}` after the value); label
+/// values may contain ` # ` themselves, so the search starts after them.
+fn strip_exemplar(line: &str) -> &str {
+    let mut labels_end = 0;
+    if let Some(open) = line.find('{') {
+        let mut in_quotes = false;
+        let mut escaped = false;
+        for (i, c) in line[open..].char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_quotes = !in_quotes,
+                '}' if !in_quotes => {
+                    labels_end = open + i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    match line[labels_end..].find(" # ") {
+        Some(i) => &line[..labels_end + i],
+        None => line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use prometheus_client::metrics::{counter::Counter, gauge::Gauge, info::Info};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn registry() -> Registry {
+        let mut r = Registry::default();
+        let c: Counter = Counter::default();
+        c.inc_by(3);
+        r.register("edgewatch_things", "Things seen", c);
+        let g: Gauge = Gauge::default();
+        g.set(7);
+        r.register("edgewatch_level", "Current level", g);
+        r.register("edgewatch_build", "Build information", Info::new(vec![("version", "1.2.3")]));
+        r
+    }
+
+    fn app() -> Router {
+        router(AppState {
+            registry: Arc::new(registry()),
+            flush: None,
+            telemetry_path: "/metrics".into(),
+        })
+    }
+
+    async fn get(uri: &str, accept: Option<&str>) -> (StatusCode, String, String) {
+        let mut req = axum::http::Request::get(uri);
+        if let Some(a) = accept {
+            req = req.header(header::ACCEPT, a);
+        }
+        let resp = app().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let status = resp.status();
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, ct, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn plain_text_by_default() {
+        let (status, ct, body) = get("/metrics", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ct, TEXT_TYPE);
+        assert_eq!(
+            body,
+            "# HELP edgewatch_things_total Things seen.\n\
+             # TYPE edgewatch_things_total counter\n\
+             edgewatch_things_total 3\n\
+             # HELP edgewatch_level Current level.\n\
+             # TYPE edgewatch_level gauge\n\
+             edgewatch_level 7\n\
+             # HELP edgewatch_build_info Build information.\n\
+             # TYPE edgewatch_build_info gauge\n\
+             edgewatch_build_info{version=\"1.2.3\"} 1\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn openmetrics_when_asked() {
+        let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let (_, ct, body) = get("/metrics", Some(accept)).await;
+        assert_eq!(ct, OPENMETRICS_TYPE);
+        assert!(body.contains("# TYPE edgewatch_things counter\nedgewatch_things_total 3\n"));
+        assert!(body.ends_with("# EOF\n"));
+    }
+
+    #[tokio::test]
+    async fn openmetrics_refused_with_q0_gets_text() {
+        let (_, ct, _) = get("/metrics", Some("application/openmetrics-text;q=0, text/plain")).await;
+        assert_eq!(ct, TEXT_TYPE);
+    }
+
+    #[tokio::test]
+    async fn healthz_and_landing() {
+        assert_eq!(get("/healthz", None).await.2, "ok\n");
+        assert!(get("/", None).await.2.contains("href=\"/metrics\""));
+        assert_eq!(get("/nope", None).await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn drops_created_and_exemplars() {
+        let om = "# HELP x Help.\n# TYPE x counter\nx_total{a=\"b # c\"} 1 # {trace_id=\"1\"} 1.0\nx_created 17\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP x_total Help.\n# TYPE x_total counter\nx_total{a=\"b # c\"} 1\n"
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! The ring-buffer pipeline: one tokio task drains the shared BPF ring
+//! buffer, dispatches each record by kind to the probe that owns it, and
+//! counts events and decode errors per probe.
+//!
+//! The kernel side submits with BPF_RB_NO_WAKEUP until enough data is
+//! pending (see edgewatch.bpf.h), so the task also drains on a timer and on
+//! request: a scrape asks for a drain first, so what a scrape shows includes
+//! every record the kernel had committed when the scrape arrived.
+
+use std::{collections::HashMap, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, oneshot, watch},
+};
+
+use crate::{
+    decode,
+    probe::Probe,
+    telemetry::{ProbeLabel, Telemetry},
+};
+
+/// Routes records to probes. Pure: no kernel, no runtime.
+pub struct Dispatcher {
+    probes: Vec<Box<dyn Probe>>,
+    by_kind: HashMap<u16, usize>,
+    telemetry: Telemetry,
+}
+
+impl Dispatcher {
+    pub fn new(probes: Vec<Box<dyn Probe>>, telemetry: Telemetry) -> Self {
+        let mut by_kind = HashMap::new();
+        for (i, p) in probes.iter().enumerate() {
+            for &k in p.kinds() {
+                by_kind.insert(k, i);
+            }
+        }
+        Self { probes, by_kind, telemetry }
+    }
+
+    /// Decodes and aggregates one record; failures are counted, never fatal.
+    pub fn dispatch(&mut self, bytes: &[u8]) {
+        let kind = match decode::header(bytes) {
+            Ok(h) => h.kind,
+            Err(_) => {
+                self.count_error("unknown");
+                return;
+            }
+        };
+        let Some(&i) = self.by_kind.get(&kind) else {
+            self.count_error("unknown");
+            return;
+        };
+        let probe = &mut self.probes[i];
+        let name = probe.name();
+        match probe.handle(kind, bytes) {
+            Ok(()) => {
+                self.telemetry.events.get_or_create(&ProbeLabel { probe: name }).inc();
+            }
+            Err(e) => {
+                tracing::debug!(probe = name, error = %e, "undecodable record");
+                self.count_error(name);
+            }
+        }
+    }
+
+    fn count_error(&self, probe: &'static str) {
+        self.telemetry.decode_errors.get_or_create(&ProbeLabel { probe }).inc();
+    }
+}
+
+/// Asks the pipeline to drain, and waits until it has.
+#[derive(Clone, Debug)]
+pub struct FlushHandle(mpsc::Sender<oneshot::Sender<()>>);
+
+impl FlushHandle {
+    /// Returns false if the pipeline did not answer within `timeout`.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let wait = async {
+            self.0.send(tx).await.ok()?;
+            rx.await.ok()
+        };
+        matches!(tokio::time::timeout(timeout, wait).await, Ok(Some(())))
+    }
+}
+
+pub struct Pipeline {
+    ring: AsyncFd<RingBuf<MapData>>,
+    dispatcher: Dispatcher,
+    interval: Duration,
+    flush_rx: mpsc::Receiver<oneshot::Sender<()>>,
+}
+
+impl Pipeline {
+    pub fn new(
+        ring: RingBuf<MapData>,
+        dispatcher: Dispatcher,
+        interval: Duration,
+    ) -> std::io::Result<(Self, FlushHandle)> {
+        // SAFETY: the ring buffer's fd is owned by the RingBuf, which the
+        // AsyncFd owns: it stays open until the AsyncFd is dropped.
+        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+        let (tx, flush_rx) = mpsc::channel(64);
+        Ok((Self { ring, dispatcher, interval, flush_rx }, FlushHandle(tx)))
+    }
+
+    fn drain(&mut self) -> usize {
+        let ring = self.ring.get_mut();
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            self.dispatcher.dispatch(&item);
+            n += 1;
+        }
+        n
+    }
+
+    /// Runs until `shutdown` turns true, then drains one last time.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ready = self.ring.readable_mut() => {
+                    match ready {
+                        Ok(mut guard) => guard.clear_ready(),
+                        Err(e) => {
+                            tracing::error!(error = %e, "polling the ring buffer failed; draining on the timer only");
+                            tokio::time::sleep(self.interval).await;
+                        }
+                    }
+                    self.drain();
+                }
+                _ = tick.tick() => { self.drain(); }
+                Some(ack) = self.flush_rx.recv() => {
+                    self.drain();
+                    let _ = ack.send(());
+                    // Answer every request queued meanwhile with the same drain.
+                    while let Ok(ack) = self.flush_rx.try_recv() {
+                        let _ = ack.send(());
+                    }
+                }
+                _ = shutdown.changed() => {
+                    self.drain();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use edgewatch_common::{ConnectCall, KIND_CONNECT_CALL};
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::{config::Config, probe};
+
+    fn dispatcher() -> (Dispatcher, Telemetry) {
+        let mut registry = Registry::default();
+        let telemetry = Telemetry::register(&mut registry);
+        let settings = Config::default().validate().unwrap();
+        let probes = probe::build(&settings, &mut registry, &telemetry);
+        (Dispatcher::new(probes, telemetry.clone()), telemetry)
+    }
+
+    #[test]
+    fn counts_events_and_errors_per_probe() {
+        let (mut d, t) = dispatcher();
+        let mut c: ConnectCall = bytemuck::Zeroable::zeroed();
+        c.hdr.kind = KIND_CONNECT_CALL;
+        c.hdr.size = size_of::<ConnectCall>() as u16;
+        let good = bytemuck::bytes_of(&c).to_vec();
+        d.dispatch(&good);
+        d.dispatch(&good);
+        d.dispatch(&good[..20]); // truncated connect record
+        d.dispatch(&[1, 2]); // shorter than a header
+        let mut unknown = good.clone();
+        unknown[0] = 0xee;
+        d.dispatch(&unknown);
+        let get = |f: &prometheus_client::metrics::family::Family<ProbeLabel, _>, p| {
+            f.get_or_create(&ProbeLabel { probe: p }).get()
+        };
+        assert_eq!(get(&t.events, "connect"), 2);
+        assert_eq!(get(&t.decode_errors, "connect"), 1);
+        assert_eq!(get(&t.decode_errors, "unknown"), 2);
+    }
+}

@@ -1,0 +1,100 @@
+//! Probes: each attaches its BPF programs (with fallbacks where the kernel
+//! offers several hooks), decodes the records it owns and feeds its
+//! aggregator. The list of probes is explicit code in [`build`].
+
+pub mod connect;
+
+use aya::{
+    Ebpf,
+    programs::{ProgramError, TracePoint},
+};
+use prometheus_client::registry::Registry;
+
+use crate::{config::Settings, decode::DecodeError, telemetry::Telemetry};
+
+/// How a probe ended up attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    Tracepoint,
+    TpBtf,
+    Fentry,
+    Kprobe,
+}
+
+impl AttachMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tracepoint => "tracepoint",
+            Self::TpBtf => "tp_btf",
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("program {0} is missing from the embedded BPF object")]
+    MissingProgram(&'static str),
+    #[error("program {program}: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching {program} to tracepoint {category}:{name}: {source}")]
+    Tracepoint {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+pub trait Probe: Send {
+    /// The name `--probes` knows it by.
+    fn name(&self) -> &'static str;
+    /// Index into the kernel's per-CPU lost-record array.
+    fn id(&self) -> u32;
+    /// Record kinds this probe decodes.
+    fn kinds(&self) -> &'static [u16];
+    /// Loads and attaches the probe's programs, trying the cheapest hook the
+    /// kernel allows first.
+    fn attach(&mut self, bpf: &mut Ebpf) -> Result<AttachMode, ProbeError>;
+    /// Decodes one record of one of [`Probe::kinds`] and aggregates it.
+    fn handle(&mut self, kind: u16, bytes: &[u8]) -> Result<(), DecodeError>;
+}
+
+/// Every enabled probe, in the order of `settings.probes`.
+pub fn build(settings: &Settings, registry: &mut Registry, telemetry: &Telemetry) -> Vec<Box<dyn Probe>> {
+    settings
+        .probes
+        .iter()
+        .filter_map(|name| -> Option<Box<dyn Probe>> {
+            match *name {
+                "connect" => Some(Box::new(connect::ConnectProbe::new(registry, settings, telemetry))),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Loads program `program` as a tracepoint program and attaches it to
+/// `category:name`.
+pub fn attach_tracepoint(
+    bpf: &mut Ebpf,
+    program: &'static str,
+    category: &'static str,
+    name: &'static str,
+) -> Result<(), ProbeError> {
+    let prog: &mut TracePoint = bpf
+        .program_mut(program)
+        .ok_or(ProbeError::MissingProgram(program))?
+        .try_into()
+        .map_err(|source| ProbeError::Program { program, source })?;
+    prog.load().map_err(|source| ProbeError::Program { program, source })?;
+    prog.attach(category, name)
+        .map_err(|source| ProbeError::Tracepoint { program, category, name, source })?;
+    Ok(())
+}

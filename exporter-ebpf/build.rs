@@ -81,17 +81,32 @@ fn main() -> Result<()> {
 
     // Record layouts of the wire contract, as clang lays them out for BPF.
     let probe = out.join("layout.c");
-    fs::write(&probe, "#include <linux/types.h>\n#include \"edgewatch/events.h\"\n")?;
+    fs::write(
+        &probe,
+        "#include <linux/types.h>\n#include \"edgewatch/events.h\"\n",
+    )?;
     let dump = Command::new(&clang)
-        .args(["-target", "bpfel", "-fsyntax-only", "-Xclang", "-fdump-record-layouts-complete"])
+        .args([
+            "-target",
+            "bpfel",
+            "-fsyntax-only",
+            "-Xclang",
+            "-fdump-record-layouts-complete",
+        ])
         .args(&includes)
         .arg(&probe)
         .output()
         .with_context(|| format!("running {clang}"))?;
     if !dump.status.success() {
-        bail!("{clang} layout dump failed:\n{}", String::from_utf8_lossy(&dump.stderr));
+        bail!(
+            "{clang} layout dump failed:\n{}",
+            String::from_utf8_lossy(&dump.stderr)
+        );
     }
-    fs::write(out.join("layout.txt"), parse_layouts(&String::from_utf8_lossy(&dump.stdout)))?;
+    fs::write(
+        out.join("layout.txt"),
+        parse_layouts(&String::from_utf8_lossy(&dump.stdout)),
+    )?;
 
     // The header's #defines, for the constants test.
     let macros = Command::new(&clang)
@@ -126,7 +141,10 @@ fn find_clang() -> Result<String> {
             return Ok(c.clone());
         }
     }
-    bail!("no clang found (tried {}): {INSTALL_HINT}", candidates.join(", "))
+    bail!(
+        "no clang found (tried {}): {INSTALL_HINT}",
+        candidates.join(", ")
+    )
 }
 
 /// Keeps the `ew_*` records of clang's `-fdump-record-layouts` output, one

@@ -32,7 +32,10 @@ fn c_layout() -> Layout {
 fn rust_records_match_the_c_header() {
     let mut rust = Layout::new();
     for (name, size, fields) in RECORDS {
-        let fields = fields.iter().map(|(f, off, _)| (f.to_string(), *off)).collect();
+        let fields = fields
+            .iter()
+            .map(|(f, off, _)| (f.to_string(), *off))
+            .collect();
         rust.insert(name.to_string(), (Some(*size), fields));
     }
     let c = c_layout();
@@ -55,5 +58,8 @@ fn rust_constants_match_the_c_header() {
         .map(|(k, v)| (k.to_string(), v.trim().parse().expect("numeric #define")))
         .collect();
     let rust: BTreeMap<String, u64> = DEFINES.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    assert_eq!(rust, c, "Rust constants (left) differ from events.h (right)");
+    assert_eq!(
+        rust, c,
+        "Rust constants (left) differ from events.h (right)"
+    );
 }

@@ -88,19 +88,29 @@ impl Default for WebConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { labels: Vec::new(), series_limit: 2000 }
+        Self {
+            labels: Vec::new(),
+            series_limit: 2000,
+        }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into(), format: "text".into() }
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
     }
 }
 
 impl Default for RingbufConfig {
     fn default() -> Self {
-        Self { size_bytes: 8 << 20, wakeup_bytes: 256 << 10, flush_interval_ms: 100 }
+        Self {
+            size_bytes: 8 << 20,
+            wakeup_bytes: 256 << 10,
+            flush_interval_ms: 100,
+        }
     }
 }
 
@@ -121,8 +131,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
-        Self::parse(&text)
-            .map_err(|e| ConfigErrors(e.0.into_iter().map(|m| format!("{}: {m}", path.display())).collect()))
+        Self::parse(&text).map_err(|e| {
+            ConfigErrors(
+                e.0.into_iter()
+                    .map(|m| format!("{}: {m}", path.display()))
+                    .collect(),
+            )
+        })
     }
 
     /// Parses YAML text strictly: every unknown key and the first type error
@@ -138,16 +153,19 @@ impl Config {
             let de = serde_path_to_error::Deserializer::new(de, &mut track);
             serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
         };
-        let mut errors: Vec<String> =
-            unknown.into_iter().map(|p| format!("{p}: unknown key")).collect();
+        let mut errors: Vec<String> = unknown
+            .into_iter()
+            .map(|p| format!("{p}: unknown key"))
+            .collect();
         match result {
             Ok(cfg) if errors.is_empty() => Ok(cfg),
             Ok(_) => Err(ConfigErrors(errors)),
             Err(e) => {
                 let path = track.path().to_string();
                 let msg = e.to_string();
-                // serde_yaml_ng appends " at line L column C": keep it, it helps.
-                if path.is_empty() || path == "." {
+                // serde_yaml_ng already names the path in most messages and
+                // appends " at line L column C": keep it, it helps.
+                if path.is_empty() || path == "." || msg.starts_with(&path) {
                     errors.push(msg);
                 } else {
                     errors.push(format!("{path}: {msg}"));
@@ -218,7 +236,9 @@ impl Config {
             "text" => false,
             "json" => true,
             other => {
-                errors.push(format!("log.format: unknown format {other:?} (known: text, json)"));
+                errors.push(format!(
+                    "log.format: unknown format {other:?} (known: text, json)"
+                ));
                 false
             }
         };
@@ -284,7 +304,11 @@ pub struct Settings {
 
 /// Splits a comma list flag value; empty items are dropped.
 pub fn split_list(s: &str) -> Vec<String> {
-    s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 #[cfg(test)]
@@ -308,7 +332,13 @@ mod tests {
         let s = cfg.validate().unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:9999");
         assert_eq!(s.telemetry_path, "/m");
-        assert_eq!(s.labels, OptInLabels { comm: true, peer: true });
+        assert_eq!(
+            s.labels,
+            OptInLabels {
+                comm: true,
+                peer: true
+            }
+        );
         assert_eq!(s.series_limit, 10);
         assert!(s.log_json);
         assert_eq!(s.ringbuf_size, 65536);
@@ -333,7 +363,10 @@ mod tests {
     fn type_errors_carry_the_path() {
         let err = Config::parse("metrics:\n  series_limit: lots\n").unwrap_err();
         assert_eq!(err.0.len(), 1);
-        assert!(err.0[0].starts_with("metrics.series_limit: invalid type"), "{err}");
+        assert!(
+            err.0[0].starts_with("metrics.series_limit: invalid type"),
+            "{err}"
+        );
     }
 
     #[test]

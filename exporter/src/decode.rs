@@ -11,7 +11,12 @@ pub enum DecodeError {
     #[error("unknown record kind {kind}")]
     UnknownKind { kind: u16 },
     #[error("record kind {kind}: {got} bytes (header says {declared}), expected {expected}")]
-    Size { kind: u16, expected: usize, got: usize, declared: u16 },
+    Size {
+        kind: u16,
+        expected: usize,
+        got: usize,
+        declared: u16,
+    },
 }
 
 /// Reads the common header of a record.
@@ -19,7 +24,10 @@ pub fn header(bytes: &[u8]) -> Result<Header, DecodeError> {
     let min = size_of::<Header>();
     match bytes.get(..min) {
         Some(h) => Ok(bytemuck::pod_read_unaligned(h)),
-        None => Err(DecodeError::Truncated { len: bytes.len(), min }),
+        None => Err(DecodeError::Truncated {
+            len: bytes.len(),
+            min,
+        }),
     }
 }
 
@@ -73,16 +81,31 @@ mod tests {
     #[test]
     fn truncated_and_garbage_records_are_errors() {
         let b = call_bytes();
-        assert_eq!(header(&b[..3]), Err(DecodeError::Truncated { len: 3, min: 16 }));
-        assert_eq!(record::<ConnectCall>(&[]).unwrap_err(), DecodeError::Truncated { len: 0, min: 16 });
-        assert!(matches!(record::<ConnectCall>(&b[..40]), Err(DecodeError::Size { got: 40, .. })));
+        assert_eq!(
+            header(&b[..3]),
+            Err(DecodeError::Truncated { len: 3, min: 16 })
+        );
+        assert_eq!(
+            record::<ConnectCall>(&[]).unwrap_err(),
+            DecodeError::Truncated { len: 0, min: 16 }
+        );
+        assert!(matches!(
+            record::<ConnectCall>(&b[..40]),
+            Err(DecodeError::Size { got: 40, .. })
+        ));
         let mut long = b.clone();
         long.extend([0; 8]);
-        assert!(matches!(record::<ConnectCall>(&long), Err(DecodeError::Size { got: 56, .. })));
+        assert!(matches!(
+            record::<ConnectCall>(&long),
+            Err(DecodeError::Size { got: 56, .. })
+        ));
         // Right length, lying header.
         let mut lying = b;
         lying[2] = 99;
-        assert!(matches!(record::<ConnectCall>(&lying), Err(DecodeError::Size { declared: 99, .. })));
+        assert!(matches!(
+            record::<ConnectCall>(&lying),
+            Err(DecodeError::Size { declared: 99, .. })
+        ));
         // Random bytes of every length never panic.
         let mut x: u32 = 0x9e37_79b9;
         for len in 0..200 {

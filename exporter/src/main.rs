@@ -32,7 +32,11 @@ use crate::{
 const EXIT_USAGE: u8 = 2;
 
 #[derive(Debug, Parser)]
-#[command(name = "edgewatch", version, about = "eBPF observability exporter for Prometheus and OpenTelemetry")]
+#[command(
+    name = "edgewatch",
+    version,
+    about = "eBPF observability exporter for Prometheus and OpenTelemetry"
+)]
 struct Cli {
     /// YAML configuration file (strict: unknown keys are errors).
     #[arg(long = "config.file", value_name = "PATH")]
@@ -125,7 +129,11 @@ fn main() -> ExitCode {
     };
     init_logging(&settings);
 
-    let result = if cli.config_check { check(&settings) } else { serve(settings) };
+    let result = if cli.config_check {
+        check(&settings)
+    } else {
+        serve(settings)
+    };
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -138,7 +146,9 @@ fn main() -> ExitCode {
 fn init_logging(settings: &Settings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if settings.log_json {
         builder.json().init();
     } else {
@@ -171,7 +181,10 @@ fn attach_all(
             Ok(mode) => {
                 telemetry
                     .probe_attached
-                    .get_or_create(&ProbeModeLabels { probe: p.name(), mode: mode.as_str() })
+                    .get_or_create(&ProbeModeLabels {
+                        probe: p.name(),
+                        mode: mode.as_str(),
+                    })
                     .set(1);
                 report(p.name(), Ok(mode.as_str()));
             }
@@ -179,7 +192,10 @@ fn attach_all(
                 failed += 1;
                 telemetry
                     .probe_attached
-                    .get_or_create(&ProbeModeLabels { probe: p.name(), mode: "none" })
+                    .get_or_create(&ProbeModeLabels {
+                        probe: p.name(),
+                        mode: "none",
+                    })
                     .set(0);
                 report(p.name(), Err(format!("{e:#}")));
             }
@@ -198,7 +214,11 @@ fn check(settings: &Settings) -> Result<ExitCode> {
         Err(e) => println!("{name}: FAILED: {e}"),
     });
     drop(bpf); // detaches everything
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn serve(settings: Settings) -> Result<ExitCode> {
@@ -223,8 +243,9 @@ async fn run(settings: Settings) -> Result<ExitCode> {
         anyhow::bail!("no probe could be attached (see the errors above)");
     }
 
-    let lost = PerCpuArray::<_, u64>::try_from(bpf.take_map("ew_lost").context("map ew_lost missing")?)
-        .context("opening ew_lost")?;
+    let lost =
+        PerCpuArray::<_, u64>::try_from(bpf.take_map("ew_lost").context("map ew_lost missing")?)
+            .context("opening ew_lost")?;
     registry.register_collector(Box::new(LostCollector::new(
         lost,
         probes.iter().map(|p| (p.id(), p.name())).collect(),
@@ -232,9 +253,12 @@ async fn run(settings: Settings) -> Result<ExitCode> {
     )));
     let ring = RingBuf::try_from(bpf.take_map("ew_events").context("map ew_events missing")?)
         .context("opening the ring buffer")?;
-    let (pipeline, flush) =
-        Pipeline::new(ring, Dispatcher::new(probes, telemetry.clone()), settings.flush_interval)
-            .context("registering the ring buffer with tokio")?;
+    let (pipeline, flush) = Pipeline::new(
+        ring,
+        Dispatcher::new(probes, telemetry.clone()),
+        settings.flush_interval,
+    )
+    .context("registering the ring buffer with tokio")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let consumer = tokio::spawn(pipeline.run(stop_rx.clone()));
@@ -247,7 +271,9 @@ async fn run(settings: Settings) -> Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
-    let address = listener.local_addr().context("reading the listen address")?;
+    let address = listener
+        .local_addr()
+        .context("reading the listen address")?;
     tracing::info!(%address, path = %settings.telemetry_path, "listening");
 
     let mut server_stop = stop_rx.clone();

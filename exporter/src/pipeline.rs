@@ -36,7 +36,11 @@ impl Dispatcher {
                 by_kind.insert(k, i);
             }
         }
-        Self { probes, by_kind, telemetry }
+        Self {
+            probes,
+            by_kind,
+            telemetry,
+        }
     }
 
     /// Decodes and aggregates one record; failures are counted, never fatal.
@@ -56,7 +60,10 @@ impl Dispatcher {
         let name = probe.name();
         match probe.handle(kind, bytes) {
             Ok(()) => {
-                self.telemetry.events.get_or_create(&ProbeLabel { probe: name }).inc();
+                self.telemetry
+                    .events
+                    .get_or_create(&ProbeLabel { probe: name })
+                    .inc();
             }
             Err(e) => {
                 tracing::debug!(probe = name, error = %e, "undecodable record");
@@ -66,7 +73,10 @@ impl Dispatcher {
     }
 
     fn count_error(&self, probe: &'static str) {
-        self.telemetry.decode_errors.get_or_create(&ProbeLabel { probe }).inc();
+        self.telemetry
+            .decode_errors
+            .get_or_create(&ProbeLabel { probe })
+            .inc();
     }
 }
 
@@ -103,7 +113,15 @@ impl Pipeline {
         // AsyncFd owns: it stays open until the AsyncFd is dropped.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
         let (tx, flush_rx) = mpsc::channel(64);
-        Ok((Self { ring, dispatcher, interval, flush_rx }, FlushHandle(tx)))
+        Ok((
+            Self {
+                ring,
+                dispatcher,
+                interval,
+                flush_rx,
+            },
+            FlushHandle(tx),
+        ))
     }
 
     fn drain(&mut self) -> usize {
@@ -180,9 +198,11 @@ mod tests {
         let mut unknown = good.clone();
         unknown[0] = 0xee;
         d.dispatch(&unknown);
-        let get = |f: &prometheus_client::metrics::family::Family<ProbeLabel, _>, p| {
-            f.get_or_create(&ProbeLabel { probe: p }).get()
-        };
+        let get = |f: &prometheus_client::metrics::family::Family<
+            ProbeLabel,
+            prometheus_client::metrics::counter::Counter,
+        >,
+                   p| { f.get_or_create(&ProbeLabel { probe: p }).get() };
         assert_eq!(get(&t.events, "connect"), 2);
         assert_eq!(get(&t.decode_errors, "connect"), 1);
         assert_eq!(get(&t.decode_errors, "unknown"), 2);

@@ -21,13 +21,25 @@ fn mount(fstype: &str, target: &str) -> io::Result<()> {
     // SAFETY: all pointers are valid NUL-terminated strings for the call;
     // data is NULL, which mount(2) accepts.
     let rc = unsafe {
-        libc::mount(src.as_ptr(), tgt.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn is_fs(path: &str, magic: i64) -> bool {
-    let Ok(p) = CString::new(path) else { return false };
+    let Ok(p) = CString::new(path) else {
+        return false;
+    };
     // SAFETY: statfs writes into the zeroed struct we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid path pointer and out-pointer.
@@ -72,7 +84,10 @@ pub fn ensure_bpffs() {
 /// memory cgroup. Raising the limit needs CAP_SYS_RESOURCE, which may be
 /// missing: that is not an error.
 pub fn raise_memlock() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads the struct we pass.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         tracing::debug!(

@@ -109,7 +109,9 @@ pub struct LostCollector {
 
 impl std::fmt::Debug for LostCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LostCollector").field("probes", &self.probes).finish_non_exhaustive()
+        f.debug_struct("LostCollector")
+            .field("probes", &self.probes)
+            .finish_non_exhaustive()
     }
 }
 
@@ -119,7 +121,11 @@ impl LostCollector {
         probes: Vec<(u32, &'static str)>,
         errors: Family<CollectorLabel, Counter>,
     ) -> Self {
-        Self { map: Mutex::new(map), probes, errors }
+        Self {
+            map: Mutex::new(map),
+            probes,
+            errors,
+        }
     }
 
     fn read(&self) -> Vec<(&'static str, u64)> {
@@ -131,7 +137,11 @@ impl LostCollector {
             match map.get(&id, 0) {
                 Ok(values) => out.push((probe, values.iter().sum())),
                 Err(e) => {
-                    self.errors.get_or_create(&CollectorLabel { collector: "ringbuf_lost" }).inc();
+                    self.errors
+                        .get_or_create(&CollectorLabel {
+                            collector: "ringbuf_lost",
+                        })
+                        .inc();
                     tracing::debug!(probe, error = %e, "reading ew_lost failed");
                 }
             }

@@ -26,8 +26,18 @@ use crate::{config::OptInLabels, errno};
 
 /// connect() results with a label of their own; any other errno is `other`.
 pub const CALL_RESULTS: &[&str] = &[
-    "einprogress", "econnrefused", "etimedout", "enetunreach", "ehostunreach", "eaddrnotavail",
-    "eacces", "eperm", "eagain", "ealready", "eisconn", "eintr",
+    "einprogress",
+    "econnrefused",
+    "etimedout",
+    "enetunreach",
+    "ehostunreach",
+    "eaddrnotavail",
+    "eacces",
+    "eperm",
+    "eagain",
+    "ealready",
+    "eisconn",
+    "eintr",
 ];
 
 /// Handshake duration buckets, 10 us to 10 s (1-2.5-5 steps).
@@ -67,7 +77,10 @@ fn fold(v: &Option<Arc<str>>) -> Option<Arc<str>> {
 
 impl Foldable for CallLabels {
     fn folded(&self) -> Self {
-        Self { comm: fold(&self.comm), ..self.clone() }
+        Self {
+            comm: fold(&self.comm),
+            ..self.clone()
+        }
     }
 }
 
@@ -84,7 +97,10 @@ impl Foldable for TcpLabels {
 
 impl Foldable for DurationLabels {
     fn folded(&self) -> Self {
-        Self { comm: fold(&self.comm), ..self.clone() }
+        Self {
+            comm: fold(&self.comm),
+            ..self.clone()
+        }
     }
 }
 
@@ -137,7 +153,9 @@ pub fn outcome(newstate: u16, sk_err: i32) -> &'static str {
 /// The destination address of a record as text.
 pub fn peer(family: u16, daddr: &[u8; 16]) -> Option<IpAddr> {
     match i32::from(family) {
-        libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(daddr[0], daddr[1], daddr[2], daddr[3]))),
+        libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
+            daddr[0], daddr[1], daddr[2], daddr[3],
+        ))),
         libc::AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*daddr))),
         _ => None,
     }
@@ -182,8 +200,16 @@ impl ConnectAggregator {
         );
         Self {
             labels,
-            calls_cap: SeriesCap::new("edgewatch_connect_calls_total", series_limit, dropped.clone()),
-            connects_cap: SeriesCap::new("edgewatch_tcp_connects_total", series_limit, dropped.clone()),
+            calls_cap: SeriesCap::new(
+                "edgewatch_connect_calls_total",
+                series_limit,
+                dropped.clone(),
+            ),
+            connects_cap: SeriesCap::new(
+                "edgewatch_tcp_connects_total",
+                series_limit,
+                dropped.clone(),
+            ),
             duration_cap: SeriesCap::new(
                 "edgewatch_tcp_connect_duration_seconds",
                 series_limit,
@@ -215,12 +241,24 @@ impl ConnectAggregator {
         } else {
             (None, None)
         };
-        let labels = TcpLabels { family, outcome, comm: comm.clone(), peer, port };
+        let labels = TcpLabels {
+            family,
+            outcome,
+            comm: comm.clone(),
+            peer,
+            port,
+        };
         let labels = self.connects_cap.admit(labels);
         self.connects.get_or_create(&labels).inc();
 
-        let dl = self.duration_cap.admit(DurationLabels { family, outcome, comm });
-        self.duration.get_or_create(&dl).observe(ns_to_seconds(t.duration_ns));
+        let dl = self.duration_cap.admit(DurationLabels {
+            family,
+            outcome,
+            comm,
+        });
+        self.duration
+            .get_or_create(&dl)
+            .observe(ns_to_seconds(t.duration_ns));
     }
 }
 
@@ -244,7 +282,10 @@ mod tests {
         let mut a = [0u8; 16];
         a[..4].copy_from_slice(&[10, 0, 0, 1]);
         assert_eq!(peer(2, &a).unwrap().to_string(), "10.0.0.1");
-        assert_eq!(peer(10, &Ipv6Addr::LOCALHOST.octets()).unwrap().to_string(), "::1");
+        assert_eq!(
+            peer(10, &Ipv6Addr::LOCALHOST.octets()).unwrap().to_string(),
+            "::1"
+        );
         assert_eq!(peer(1, &a), None);
     }
 }

@@ -67,7 +67,12 @@ pub struct SeriesCap<L> {
 
 impl<L: Foldable> SeriesCap<L> {
     pub fn new(metric: &'static str, limit: usize, dropped: Family<MetricLabel, Counter>) -> Self {
-        Self { metric, limit, seen: HashSet::new(), dropped }
+        Self {
+            metric,
+            limit,
+            seen: HashSet::new(),
+            dropped,
+        }
     }
 
     /// The label set to record under: `labels` itself while under the cap
@@ -85,7 +90,11 @@ impl<L: Foldable> SeriesCap<L> {
             self.seen.insert(labels.clone());
             return labels;
         }
-        self.dropped.get_or_create(&MetricLabel { metric: self.metric }).inc();
+        self.dropped
+            .get_or_create(&MetricLabel {
+                metric: self.metric,
+            })
+            .inc();
         folded
     }
 }

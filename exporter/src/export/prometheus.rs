@@ -63,9 +63,8 @@ pub fn wants_openmetrics(headers: &HeaderMap) -> bool {
         .any(|item| {
             let mut parts = item.split(';').map(str::trim);
             let media = parts.next().unwrap_or("");
-            let zero_q = parts.any(|p| {
-                p.strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()) == Some(0.0)
-            });
+            let zero_q = parts
+                .any(|p| p.strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()) == Some(0.0));
             media.eq_ignore_ascii_case("application/openmetrics-text") && !zero_q
         })
 }
@@ -79,14 +78,22 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     let mut body = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &state.registry) {
         tracing::error!(error = %e, "encoding metrics failed");
-        return (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n").into_response();
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding metrics failed\n",
+        )
+            .into_response();
     }
     let (content_type, body) = if wants_openmetrics(&headers) {
         (OPENMETRICS_TYPE, body)
     } else {
         (TEXT_TYPE, to_prometheus_text(&body))
     };
-    ([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response()
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response()
 }
 
 /// Rewrites OpenMetrics text into the Prometheus text format 0.0.4:
@@ -184,7 +191,11 @@ mod tests {
         let g: Gauge = Gauge::default();
         g.set(7);
         r.register("edgewatch_level", "Current level", g);
-        r.register("edgewatch_build", "Build information", Info::new(vec![("version", "1.2.3")]));
+        r.register(
+            "edgewatch_build",
+            "Build information",
+            Info::new(vec![("version", "1.2.3")]),
+        );
         r
     }
 
@@ -201,7 +212,10 @@ mod tests {
         if let Some(a) = accept {
             req = req.header(header::ACCEPT, a);
         }
-        let resp = app().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        let resp = app()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
         let ct = resp
             .headers()
@@ -242,7 +256,11 @@ mod tests {
 
     #[tokio::test]
     async fn openmetrics_refused_with_q0_gets_text() {
-        let (_, ct, _) = get("/metrics", Some("application/openmetrics-text;q=0, text/plain")).await;
+        let (_, ct, _) = get(
+            "/metrics",
+            Some("application/openmetrics-text;q=0, text/plain"),
+        )
+        .await;
         assert_eq!(ct, TEXT_TYPE);
     }
 

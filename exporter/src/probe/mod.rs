@@ -67,13 +67,19 @@ pub trait Probe: Send {
 }
 
 /// Every enabled probe, in the order of `settings.probes`.
-pub fn build(settings: &Settings, registry: &mut Registry, telemetry: &Telemetry) -> Vec<Box<dyn Probe>> {
+pub fn build(
+    settings: &Settings,
+    registry: &mut Registry,
+    telemetry: &Telemetry,
+) -> Vec<Box<dyn Probe>> {
     settings
         .probes
         .iter()
         .filter_map(|name| -> Option<Box<dyn Probe>> {
             match *name {
-                "connect" => Some(Box::new(connect::ConnectProbe::new(registry, settings, telemetry))),
+                "connect" => Some(Box::new(connect::ConnectProbe::new(
+                    registry, settings, telemetry,
+                ))),
                 _ => None,
             }
         })
@@ -93,8 +99,14 @@ pub fn attach_tracepoint(
         .ok_or(ProbeError::MissingProgram(program))?
         .try_into()
         .map_err(|source| ProbeError::Program { program, source })?;
-    prog.load().map_err(|source| ProbeError::Program { program, source })?;
+    prog.load()
+        .map_err(|source| ProbeError::Program { program, source })?;
     prog.attach(category, name)
-        .map_err(|source| ProbeError::Tracepoint { program, category, name, source })?;
+        .map_err(|source| ProbeError::Tracepoint {
+            program,
+            category,
+            name,
+            source,
+        })?;
     Ok(())
 }

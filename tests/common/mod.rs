@@ -1,0 +1,382 @@
+//! Shared harness for edgewatch's end-to-end tests: root check, network
+//! namespaces with cleanup guards, the real edgewatch binary, scraping and
+//! exposition parsing, kernel counters.
+//!
+//! Privileged tests need root. Not root is a failure, not a skip, unless a
+//! person sets EDGEWATCH_SKIP_PRIVILEGED_TESTS=1.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the harness"
+)]
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::fd::AsRawFd,
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex, MutexGuard, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+pub const SKIP_VAR: &str = "EDGEWATCH_SKIP_PRIVILEGED_TESTS";
+
+/// One privileged test at a time in a test binary.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// True when the test may run. Panics when not root, unless the opt-out
+/// variable is set, in which case it says why it skips.
+pub fn privileged() -> bool {
+    if std::env::var_os(SKIP_VAR).is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED: {SKIP_VAR}=1 is set");
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test loads BPF programs and creates network namespaces: run it as root, \
+         or set {SKIP_VAR}=1 to skip it deliberately"
+    );
+    true
+}
+
+pub fn run(cmd: &[&str]) -> Output {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A network namespace, deleted on drop (even when the test fails).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("ew-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        run(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside the namespace; panics on failure.
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(cmd);
+        run(&full)
+    }
+
+    /// Runs `f` on a thread that has entered the namespace. Sockets it
+    /// creates live in the namespace.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            enter_netns(&path);
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
+    /// A counter of /proc/net/snmp (e.g. "Tcp", "ActiveOpens") in this namespace.
+    pub fn snmp(&self, group: &str, field: &str) -> u64 {
+        let (group, field) = (group.to_string(), field.to_string());
+        self.enter(move || snmp_counter(&group, &field))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+pub fn enter_netns(path: &str) {
+    let f = File::open(path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    // SAFETY: valid fd; setns only affects the calling thread for CLONE_NEWNET.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+/// Sets the calling thread's name (the `comm` BPF programs see).
+pub fn set_thread_comm(name: &str) {
+    assert!(name.len() < 16, "comm is at most 15 bytes");
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr(), 0, 0, 0) };
+    assert_eq!(rc, 0);
+}
+
+/// Reads `group: field` from the calling thread's /proc/net/snmp.
+pub fn snmp_counter(group: &str, field: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
+    let prefix = format!("{group}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let names: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    let values: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    let i = names
+        .iter()
+        .position(|n| *n == field)
+        .unwrap_or_else(|| panic!("no {group}:{field}"));
+    values[i].parse().unwrap()
+}
+
+/// A running edgewatch, killed on drop.
+pub struct Edgewatch {
+    child: Child,
+    pub addr: SocketAddr,
+    /// Network namespace edgewatch runs in, if not the host's.
+    pub netns: Option<String>,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_edgewatch")
+}
+
+impl Edgewatch {
+    pub fn start(args: &[&str]) -> Self {
+        Self::spawn(None, args)
+    }
+
+    /// Runs edgewatch inside `ns` (`ip netns exec`), e.g. to attach XDP to
+    /// an interface local to it.
+    pub fn start_in(ns: &Netns, args: &[&str]) -> Self {
+        Self::spawn(Some(ns.name.clone()), args)
+    }
+
+    fn spawn(netns: Option<String>, args: &[&str]) -> Self {
+        let mut cmd = match &netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, binary()]);
+                c
+            }
+            None => Command::new(binary()),
+        };
+        cmd.args(["--web.listen-address", "127.0.0.1:0", "--log.level", "info"])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning edgewatch");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("address=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let _ = tx.send(addr);
+                }
+                eprintln!("[edgewatch] {line}");
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a.parse().expect("listen address"),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                panic!(
+                    "edgewatch did not start listening (exit {status:?}):\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Self {
+            child,
+            addr,
+            netns,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// GET a path, returning the body.
+    pub fn get(&self, path: &str) -> String {
+        let addr = self.addr;
+        let path = path.to_string();
+        let fetch = move || http_get(addr, &path);
+        match &self.netns {
+            Some(ns) => {
+                let p = format!("/run/netns/{ns}");
+                thread::spawn(move || {
+                    enter_netns(&p);
+                    fetch()
+                })
+                .join()
+                .unwrap()
+            }
+            None => fetch(),
+        }
+    }
+
+    pub fn scrape(&self) -> Metrics {
+        Metrics::parse(&self.get("/metrics"))
+    }
+
+    /// Sends a signal and waits for exit; returns the exit code.
+    pub fn signal_and_wait(&mut self, sig: i32) -> Option<i32> {
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "edgewatch did not exit after signal {sig}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Edgewatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to edgewatch");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// A parsed Prometheus text exposition.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// (metric name, labels, value)
+    pub samples: Vec<(String, HashMap<String, String>, f64)>,
+    pub text: String,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        let mut samples = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("sample line");
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, parse_labels(rest.trim_end_matches('}'))),
+                None => (series, HashMap::new()),
+            };
+            samples.push((name.to_string(), labels, value));
+        }
+        Self {
+            samples,
+            text: text.to_string(),
+        }
+    }
+
+    /// Sum of every sample of `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    /// Like [`Metrics::sum`], as an integer (counters).
+    pub fn count(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.sum(name, labels) as u64
+    }
+
+    pub fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.samples.iter().any(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+}
+
+fn parse_labels(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut rest = s;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(if n == 'n' { '\n' } else { n });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.insert(key.trim_start_matches(',').trim().to_string(), value);
+        rest = &after[end..];
+    }
+    out
+}
+
+/// Polls `f` until it returns Some or the deadline passes.
+pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,282 @@
+//! End to end, as root, against the real binary and this kernel: exact
+//! connect() and handshake counts for a known workload in a network
+//! namespace the test creates, checked against the kernel's TcpActiveOpens.
+
+mod common;
+
+use std::{
+    io::ErrorKind,
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    sync::Arc,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::Duration,
+};
+
+use common::{Edgewatch, Netns, poll, privileged, serial, set_thread_comm};
+use socket2::{Domain, Socket, Type};
+
+const N_BLOCKING: u64 = 25;
+const M_NONBLOCKING: u64 = 15;
+const K_REFUSED: u64 = 10;
+
+/// Waits until a non-blocking connect finishes; returns SO_ERROR.
+fn wait_connected(sock: &Socket) -> i32 {
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 5000) };
+    assert_eq!(rc, 1, "non-blocking connect did not finish");
+    sock.take_error()
+        .unwrap()
+        .and_then(|e| e.raw_os_error())
+        .unwrap_or(0)
+}
+
+/// The workload, on a thread inside the namespace named `comm`.
+fn workload(comm: &str) {
+    set_thread_comm(comm);
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    listener.set_nonblocking(true).unwrap();
+    let acceptor = thread::spawn(move || {
+        while !stop2.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    });
+
+    for _ in 0..N_BLOCKING {
+        TcpStream::connect(addr).expect("blocking connect");
+    }
+    for _ in 0..M_NONBLOCKING {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let err = s
+            .connect(&addr.into())
+            .expect_err("non-blocking connect returns EINPROGRESS");
+        assert_eq!(err.raw_os_error(), Some(libc::EINPROGRESS), "{err}");
+        assert_eq!(wait_connected(&s), 0);
+    }
+    // Port 1 in a fresh namespace: nothing listens, the kernel answers RST.
+    let closed = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
+    for _ in 0..K_REFUSED {
+        let err = TcpStream::connect(closed).expect_err("refused");
+        assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+    }
+    stop.store(true, Ordering::Relaxed);
+    acceptor.join().unwrap();
+}
+
+#[test]
+fn exact_connect_counts_agree_with_the_kernel() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new("conn");
+    let ew = Edgewatch::start(&["--probes", "connect", "--metrics.labels=comm"]);
+    let comm = format!("ewconn{}", std::process::id() % 100_000);
+
+    let opens_before = ns.snmp("Tcp", "ActiveOpens");
+    let c = comm.clone();
+    ns.enter(move || workload(&c));
+    let opens = ns.snmp("Tcp", "ActiveOpens") - opens_before;
+
+    let want_calls = N_BLOCKING + M_NONBLOCKING + K_REFUSED;
+    let m = poll(Duration::from_secs(10), || {
+        let m = ew.scrape();
+        let calls = m.count("edgewatch_connect_calls_total", &[("comm", &comm)]);
+        let conns = m.count("edgewatch_tcp_connects_total", &[("comm", &comm)]);
+        (calls >= want_calls && conns >= want_calls).then_some(m)
+    })
+    .unwrap_or_else(|| ew.scrape());
+
+    let calls = |result: &str| {
+        m.count(
+            "edgewatch_connect_calls_total",
+            &[("family", "ipv4"), ("result", result), ("comm", &comm)],
+        )
+    };
+    let conns = |outcome: &str| {
+        m.count(
+            "edgewatch_tcp_connects_total",
+            &[("family", "ipv4"), ("outcome", outcome), ("comm", &comm)],
+        )
+    };
+    assert_eq!(calls("ok"), N_BLOCKING, "{}", m.text);
+    assert_eq!(calls("einprogress"), M_NONBLOCKING);
+    assert_eq!(calls("econnrefused"), K_REFUSED);
+    assert_eq!(
+        m.count("edgewatch_connect_calls_total", &[("comm", &comm)]),
+        want_calls
+    );
+
+    assert_eq!(conns("established"), N_BLOCKING + M_NONBLOCKING);
+    assert_eq!(conns("refused"), K_REFUSED);
+    let attempts = m.count("edgewatch_tcp_connects_total", &[("comm", &comm)]);
+    assert_eq!(attempts, want_calls);
+    assert_eq!(
+        m.count(
+            "edgewatch_tcp_connect_duration_seconds_count",
+            &[("outcome", "established"), ("comm", &comm)]
+        ),
+        N_BLOCKING + M_NONBLOCKING
+    );
+    assert_eq!(
+        m.count(
+            "edgewatch_tcp_connect_duration_seconds_bucket",
+            &[("outcome", "established"), ("comm", &comm), ("le", "+Inf")]
+        ),
+        N_BLOCKING + M_NONBLOCKING
+    );
+
+    // The kernel's own count of active opens in the namespace.
+    assert_eq!(opens, attempts, "TcpActiveOpens delta vs edgewatch");
+
+    assert_eq!(
+        m.count(
+            "edgewatch_probe_attached",
+            &[("probe", "connect"), ("mode", "tracepoint")]
+        ),
+        1
+    );
+    assert_eq!(
+        m.count(
+            "edgewatch_ringbuf_lost_events_total",
+            &[("probe", "connect")]
+        ),
+        0
+    );
+    assert_eq!(m.count("edgewatch_decode_errors_total", &[]), 0);
+}
+
+#[test]
+fn peer_labels_and_series_cap() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new("peer");
+    // A cap of 2 label sets: three distinct closed ports fold the third.
+    let ew = Edgewatch::start(&[
+        "--probes",
+        "connect",
+        "--metrics.labels=comm,peer",
+        "--metrics.series-limit=2",
+    ]);
+    let comm = format!("ewpeer{}", std::process::id() % 100_000);
+    let c = comm.clone();
+    ns.enter(move || {
+        set_thread_comm(&c);
+        for port in [1u16, 2, 3] {
+            let err = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect_err("refused");
+            assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+        }
+    });
+    let m = poll(Duration::from_secs(10), || {
+        let m = ew.scrape();
+        (m.count(
+            "edgewatch_tcp_connects_total",
+            &[("outcome", "refused"), ("comm", &comm)],
+        ) >= 2)
+            .then_some(m)
+    })
+    .expect("refused connects counted");
+    let series = |port: &str| {
+        m.count(
+            "edgewatch_tcp_connects_total",
+            &[
+                ("outcome", "refused"),
+                ("comm", &comm),
+                ("peer", "127.0.0.1"),
+                ("port", port),
+            ],
+        )
+    };
+    assert_eq!(series("1"), 1, "{}", m.text);
+    assert_eq!(series("2"), 1);
+    assert_eq!(series("3"), 0);
+    assert_eq!(
+        m.count(
+            "edgewatch_tcp_connects_total",
+            &[
+                ("outcome", "refused"),
+                ("comm", "_overflow"),
+                ("peer", "_overflow"),
+                ("port", "_overflow")
+            ]
+        ),
+        1
+    );
+    assert!(
+        m.count(
+            "edgewatch_series_dropped_total",
+            &[("metric", "edgewatch_tcp_connects_total")]
+        ) >= 1
+    );
+}
+
+#[test]
+fn config_check_reports_attach_modes() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let out = std::process::Command::new(common::binary())
+        .args(["--config.check", "--probes", "connect"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("connect: attached (tracepoint)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn sigterm_detaches_and_exits_zero() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let mut ew = Edgewatch::start(&["--probes", "connect"]);
+    let id_before = prog_ids_named("ew_connect_ente");
+    assert!(!id_before.is_empty(), "program not loaded");
+    assert_eq!(ew.signal_and_wait(libc::SIGTERM), Some(0));
+    let remaining: Vec<_> = prog_ids_named("ew_connect_ente")
+        .into_iter()
+        .filter(|id| id_before.contains(id))
+        .collect();
+    assert!(
+        remaining.is_empty(),
+        "programs still loaded after exit: {remaining:?}"
+    );
+}
+
+/// Ids of loaded BPF programs with this (kernel-truncated) name.
+fn prog_ids_named(name: &str) -> Vec<u32> {
+    let out = common::run(&["bpftool", "prog", "show"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!(" name {name}")))
+        .filter_map(|l| l.split(':').next()?.trim().parse().ok())
+        .collect()
+}

@@ -160,6 +160,7 @@ fn exact_connect_counts_agree_with_the_kernel() {
         0
     );
     assert_eq!(m.count("edgewatch_decode_errors_total", &[]), 0);
+    common::promtool_check(&m.text);
 }
 
 #[test]

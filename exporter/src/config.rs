@@ -404,3 +404,16 @@ mod tests {
         assert_eq!(split_list(" comm, ,peer,"), vec!["comm", "peer"]);
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    #[test]
+    fn example_config_is_the_default() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edgewatch.yml");
+        let cfg = Config::load(&path).unwrap();
+        assert_eq!(cfg, Config::default());
+        cfg.validate().unwrap();
+    }
+}

@@ -4,6 +4,8 @@ mod aggregate;
 mod config;
 mod decode;
 mod errno;
+#[cfg(test)]
+mod golden;
 mod export;
 mod pipeline;
 mod probe;

@@ -1,0 +1,165 @@
+//! Golden exposition: fixed records -> dispatcher -> aggregators -> encode,
+//! compared byte for byte with files under tests/golden/, which
+//! `promtool check metrics` must accept. `UPDATE_GOLDEN=1 cargo test`
+//! rewrites the files after an intended change.
+
+use std::{path::PathBuf, process::Command};
+
+use edgewatch_common::{ConnectCall, Header, KIND_CONNECT_CALL, KIND_TCP_CONNECT, TcpConnect};
+use prometheus_client::registry::Registry;
+
+use crate::{
+    config::Config,
+    export::prometheus::to_prometheus_text,
+    pipeline::Dispatcher,
+    probe,
+    telemetry::Telemetry,
+};
+
+fn golden_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(name)
+}
+
+/// Sorts the sample lines inside each metric family: prometheus-client
+/// emits a family's series in hash-map order, which varies run to run.
+fn normalize(text: &str) -> String {
+    let mut out = String::new();
+    let mut samples: Vec<&str> = Vec::new();
+    let flush = |out: &mut String, samples: &mut Vec<&str>| {
+        samples.sort_unstable();
+        for s in samples.drain(..) {
+            out.push_str(s);
+            out.push('\n');
+        }
+    };
+    for line in text.lines() {
+        if line.starts_with('#') {
+            flush(&mut out, &mut samples);
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            samples.push(line);
+        }
+    }
+    flush(&mut out, &mut samples);
+    out
+}
+
+/// Compares `actual` with the golden file, or rewrites it when asked.
+pub fn check_golden(name: &str, actual: &str) {
+    let actual = normalize(actual);
+    let path = golden_path(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().expect("golden dir")).expect("mkdir");
+        std::fs::write(&path, &actual).expect("write golden");
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
+    assert_eq!(actual, expected, "{} differs (UPDATE_GOLDEN=1 rewrites it)", path.display());
+    promtool_check(&path);
+}
+
+/// Runs `promtool check metrics` on a Prometheus text file. promtool is
+/// part of the test toolchain (scripts/quickstart installs it).
+pub fn promtool_check(path: &std::path::Path) {
+    let text = std::fs::read(path).expect("read");
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool not found: install the Debian package prometheus (scripts/quickstart does)");
+    {
+        use std::io::Write;
+        child.stdin.take().expect("stdin").write_all(&text).expect("write to promtool");
+    }
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics {}: {}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn hdr(kind: u16, size: usize) -> Header {
+    Header { kind, size: size as u16, cpu: 0, ts_ns: 1 }
+}
+
+fn comm(s: &str) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[..s.len()].copy_from_slice(s.as_bytes());
+    c
+}
+
+fn call(ret: i32, family: u16, name: &str) -> Vec<u8> {
+    let c = ConnectCall {
+        hdr: hdr(KIND_CONNECT_CALL, size_of::<ConnectCall>()),
+        tgid: 42,
+        pid: 42,
+        ret,
+        family,
+        _pad: 0,
+        comm: comm(name),
+    };
+    bytemuck::bytes_of(&c).to_vec()
+}
+
+fn tcp(newstate: u16, sk_err: i32, duration_ns: u64, name: &str) -> Vec<u8> {
+    let mut daddr = [0u8; 16];
+    daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    let t = TcpConnect {
+        hdr: hdr(KIND_TCP_CONNECT, size_of::<TcpConnect>()),
+        duration_ns,
+        tgid: 42,
+        sk_err,
+        family: libc::AF_INET as u16,
+        dport: 8080,
+        newstate,
+        _pad: 0,
+        daddr,
+        comm: comm(name),
+    };
+    bytemuck::bytes_of(&t).to_vec()
+}
+
+fn exposition(cfg: Config) -> String {
+    let settings = cfg.validate().expect("valid config");
+    let mut registry = Registry::default();
+    let telemetry = Telemetry::register(&mut registry);
+    let probes = probe::build(&settings, &mut registry, &telemetry);
+    let mut d = Dispatcher::new(probes, telemetry);
+    let inet = libc::AF_INET as u16;
+    for r in [
+        call(0, inet, "curl"),
+        call(0, inet, "curl"),
+        call(-libc::EINPROGRESS, inet, "nginx"),
+        call(-libc::ECONNREFUSED, inet, "curl"),
+        call(-libc::ENOENT, libc::AF_UNIX as u16, "systemd"),
+        tcp(1, 0, 40_000, "curl"),
+        tcp(1, 0, 3_000_000, "nginx"),
+        tcp(7, libc::ECONNREFUSED, 20_000, "curl"),
+        tcp(7, libc::ETIMEDOUT, 7_000_000_000, "curl"),
+        vec![1, 2, 3],
+    ] {
+        d.dispatch(&r);
+    }
+    let mut om = String::new();
+    prometheus_client::encoding::text::encode(&mut om, &registry).expect("encode");
+    to_prometheus_text(&om)
+}
+
+#[test]
+fn connect_default_labels() {
+    check_golden("connect.prom", &exposition(Config::default()));
+}
+
+#[test]
+fn connect_opt_in_labels_with_cap() {
+    let mut cfg = Config::default();
+    cfg.metrics.labels = vec!["comm".into(), "peer".into()];
+    cfg.metrics.series_limit = 3;
+    check_golden("connect-labels.prom", &exposition(cfg));
+}

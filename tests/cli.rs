@@ -1,5 +1,11 @@
 //! The binary's command line and configuration errors (no privileges needed).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly at the first broken expectation"
+)]
+
 mod common;
 
 use std::{io::Write, process::Command};

@@ -1,16 +1,23 @@
 //! What we ship for Prometheus and systemd must be valid as shipped.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly at the first broken expectation"
+)]
+
 use std::{path::PathBuf, process::Command};
 
 fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
 }
 
 fn promtool(args: &[&str]) {
-    let out = Command::new("promtool")
-        .args(args)
-        .output()
-        .expect("promtool not found: install the Debian package prometheus (scripts/quickstart does)");
+    let out = Command::new("promtool").args(args).output().expect(
+        "promtool not found: install the Debian package prometheus (scripts/quickstart does)",
+    );
     assert!(
         out.status.success(),
         "promtool {args:?}: {}{}",

@@ -2,6 +2,12 @@
 //! connect() and handshake counts for a known workload in a network
 //! namespace the test creates, checked against the kernel's TcpActiveOpens.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly at the first broken expectation"
+)]
+
 mod common;
 
 use std::{

@@ -2,6 +2,12 @@
 //! loopback: the target is up, the scrape has no errors, and edgewatch's
 //! metrics are queryable with their labels. No glue in between.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly at the first broken expectation"
+)]
+
 mod common;
 
 use std::{
@@ -23,7 +29,11 @@ impl Drop for Prometheus {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn query(port: u16, q: &str) -> String {
@@ -36,10 +46,16 @@ fn query(port: u16, q: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect();
-    write!(s, "GET /api/v1/query?query={q} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /api/v1/query?query={q} HTTP/1.0\r\nHost: localhost\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
-    resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -62,7 +78,10 @@ fn prometheus_scrapes_edgewatch() {
     let port = free_port();
     let child = Command::new("prometheus")
         .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -78,11 +97,20 @@ fn prometheus_scrapes_edgewatch() {
     .expect("prometheus never reported the target");
     assert!(up.contains("\"1\"]"), "edgewatch target not up: {up}");
 
-    let info = query(port, "edgewatch_probe_attached{probe=\"connect\",mode=\"tracepoint\"}");
+    let info = query(
+        port,
+        "edgewatch_probe_attached{probe=\"connect\",mode=\"tracepoint\"}",
+    );
     assert!(info.contains("\"1\"]"), "{info}");
     // Counters arrive with their _total names and histograms whole.
-    let r = query(port, "count({__name__=~\"edgewatch_ringbuf_lost_events_total|edgewatch_build_info\"})");
+    let r = query(
+        port,
+        "count({__name__=~\"edgewatch_ringbuf_lost_events_total|edgewatch_build_info\"})",
+    );
     assert!(r.contains("\"2\"]"), "{r}");
-    let r = query(port, "scrape_samples_post_metric_relabeling{job=\"edgewatch\"} > 0");
+    let r = query(
+        port,
+        "scrape_samples_post_metric_relabeling{job=\"edgewatch\"} > 0",
+    );
     assert!(r.contains("\"value\":["), "{r}");
 }

@@ -2,6 +2,12 @@
 //! mirror in `edgewatch-common` drifts from it in any record, field, offset,
 //! size or constant.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly at the first broken expectation"
+)]
+
 use std::collections::BTreeMap;
 
 use edgewatch_common::{DEFINES, RECORDS};

@@ -13,6 +13,11 @@
 //! BPF_ENABLE_STATS (fd-scoped) and reports the probe programs' own run
 //! time per connect from the kernel's per-program counters.
 
+#![expect(
+    clippy::expect_used,
+    reason = "a benchmark tool: any failure aborts the run with its cause"
+)]
+
 use std::{
     io::{BufRead, BufReader},
     net::{Ipv4Addr, TcpListener, TcpStream},
@@ -32,7 +37,9 @@ fn measure(addr: std::net::SocketAddr, n: usize) -> f64 {
     let start = Instant::now();
     for _ in 0..n {
         let s = TcpStream::connect(addr).expect("connect");
-        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).expect("linger");
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
     }
     start.elapsed().as_nanos() as f64 / n as f64
 }
@@ -43,7 +50,10 @@ fn probe_stats() -> (u64, u64) {
     let mut t = (0, 0);
     for p in aya::programs::loaded_programs().flatten() {
         let name = p.name_as_str().unwrap_or("");
-        if ["ew_connect_", "ew_sock_state"].iter().any(|n| name.starts_with(n)) {
+        if ["ew_connect_", "ew_sock_state"]
+            .iter()
+            .any(|n| name.starts_with(n))
+        {
             t.0 += p.run_time().as_nanos() as u64;
             t.1 += p.run_count();
         }
@@ -72,7 +82,9 @@ fn main() {
 
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
     let (mut base, mut with, mut prog) = (Vec::new(), Vec::new(), Vec::new());
-    println!("round  none_ns  edgewatch_ns  added_ns  ratio  bpf_ns_per_connect  bpf_runs_per_connect");
+    println!(
+        "round  none_ns  edgewatch_ns  added_ns  ratio  bpf_ns_per_connect  bpf_runs_per_connect"
+    );
     for r in 0..rounds {
         let b = measure(addr, n);
         let mut child = Command::new(&binary)

@@ -13,11 +13,13 @@ use crate::{
     export::prometheus::to_prometheus_text,
     pipeline::Dispatcher,
     probe,
-    telemetry::Telemetry,
+    telemetry::{LostCollector, LostSource, ProbeModeLabels, Telemetry},
 };
 
 fn golden_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/golden").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/golden")
+        .join(name)
 }
 
 /// Sorts the sample lines inside each metric family: prometheus-client
@@ -55,7 +57,12 @@ pub fn check_golden(name: &str, actual: &str) {
     }
     let expected = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 creates it)", path.display()));
-    assert_eq!(actual, expected, "{} differs (UPDATE_GOLDEN=1 rewrites it)", path.display());
+    assert_eq!(
+        actual,
+        expected,
+        "{} differs (UPDATE_GOLDEN=1 rewrites it)",
+        path.display()
+    );
     promtool_check(&path);
 }
 
@@ -69,10 +76,17 @@ pub fn promtool_check(path: &std::path::Path) {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("promtool not found: install the Debian package prometheus (scripts/quickstart does)");
+        .expect(
+            "promtool not found: install the Debian package prometheus (scripts/quickstart does)",
+        );
     {
         use std::io::Write;
-        child.stdin.take().expect("stdin").write_all(&text).expect("write to promtool");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(&text)
+            .expect("write to promtool");
     }
     let out = child.wait_with_output().expect("promtool");
     assert!(
@@ -84,8 +98,22 @@ pub fn promtool_check(path: &std::path::Path) {
     );
 }
 
+/// Lost counts as the kernel would report them: probe id * 10.
+struct FixedLost;
+
+impl LostSource for FixedLost {
+    fn lost(&self, id: u32) -> Result<u64, aya::maps::MapError> {
+        Ok(u64::from(id) * 10)
+    }
+}
+
 fn hdr(kind: u16, size: usize) -> Header {
-    Header { kind, size: size as u16, cpu: 0, ts_ns: 1 }
+    Header {
+        kind,
+        size: size as u16,
+        cpu: 0,
+        ts_ns: 1,
+    }
 }
 
 fn comm(s: &str) -> [u8; 16] {
@@ -130,6 +158,20 @@ fn exposition(cfg: Config) -> String {
     let mut registry = Registry::default();
     let telemetry = Telemetry::register(&mut registry);
     let probes = probe::build(&settings, &mut registry, &telemetry);
+    for p in &probes {
+        telemetry
+            .probe_attached
+            .get_or_create(&ProbeModeLabels {
+                probe: p.name(),
+                mode: "tracepoint",
+            })
+            .set(1);
+    }
+    registry.register_collector(Box::new(LostCollector::new(
+        Box::new(FixedLost),
+        probes.iter().map(|p| (p.id(), p.name())).collect(),
+        telemetry.scrape_errors.clone(),
+    )));
     let mut d = Dispatcher::new(probes, telemetry);
     let inet = libc::AF_INET as u16;
     for r in [

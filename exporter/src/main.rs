@@ -4,9 +4,9 @@ mod aggregate;
 mod config;
 mod decode;
 mod errno;
+mod export;
 #[cfg(test)]
 mod golden;
-mod export;
 mod pipeline;
 mod probe;
 mod system;
@@ -249,7 +249,7 @@ async fn run(settings: Settings) -> Result<ExitCode> {
         PerCpuArray::<_, u64>::try_from(bpf.take_map("ew_lost").context("map ew_lost missing")?)
             .context("opening ew_lost")?;
     registry.register_collector(Box::new(LostCollector::new(
-        lost,
+        Box::new(std::sync::Mutex::new(lost)),
         probes.iter().map(|p| (p.id(), p.name())).collect(),
         telemetry.scrape_errors.clone(),
     )));

@@ -98,11 +98,25 @@ impl Telemetry {
     }
 }
 
+/// Where lost-record counts come from: the kernel's per-CPU `ew_lost`
+/// array in production, fixed numbers in golden tests.
+pub trait LostSource: Send + Sync + 'static {
+    /// Records probe `id` could not reserve, summed over CPUs.
+    fn lost(&self, id: u32) -> Result<u64, aya::maps::MapError>;
+}
+
+impl LostSource for Mutex<PerCpuArray<MapData, u64>> {
+    fn lost(&self, id: u32) -> Result<u64, aya::maps::MapError> {
+        let map = self.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(map.get(&id, 0)?.iter().sum())
+    }
+}
+
 /// `edgewatch_ringbuf_lost_events_total`, read from the kernel's per-CPU
 /// `ew_lost` array and summed at scrape time: a record the kernel could not
 /// reserve never reaches user space, so only the kernel can count it.
 pub struct LostCollector {
-    map: Mutex<PerCpuArray<MapData, u64>>,
+    source: Box<dyn LostSource>,
     probes: Vec<(u32, &'static str)>,
     errors: Family<CollectorLabel, Counter>,
 }
@@ -117,25 +131,22 @@ impl std::fmt::Debug for LostCollector {
 
 impl LostCollector {
     pub fn new(
-        map: PerCpuArray<MapData, u64>,
+        source: Box<dyn LostSource>,
         probes: Vec<(u32, &'static str)>,
         errors: Family<CollectorLabel, Counter>,
     ) -> Self {
         Self {
-            map: Mutex::new(map),
+            source,
             probes,
             errors,
         }
     }
 
     fn read(&self) -> Vec<(&'static str, u64)> {
-        let Ok(map) = self.map.lock() else {
-            return Vec::new();
-        };
         let mut out = Vec::with_capacity(self.probes.len());
         for &(id, probe) in &self.probes {
-            match map.get(&id, 0) {
-                Ok(values) => out.push((probe, values.iter().sum())),
+            match self.source.lost(id) {
+                Ok(n) => out.push((probe, n)),
                 Err(e) => {
                     self.errors
                         .get_or_create(&CollectorLabel {

@@ -389,8 +389,15 @@ pub fn promtool_check(text: &str) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool not found: install the Debian package prometheus (scripts/quickstart does)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        .expect(
+            "promtool not found: install the Debian package prometheus (scripts/quickstart does)",
+        );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),

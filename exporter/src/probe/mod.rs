@@ -40,7 +40,7 @@ pub enum ProbeError {
     Program {
         program: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("attaching {program} to tracepoint {category}:{name}: {source}")]
     Tracepoint {
@@ -48,7 +48,7 @@ pub enum ProbeError {
         category: &'static str,
         name: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
 }
 
@@ -98,15 +98,20 @@ pub fn attach_tracepoint(
         .program_mut(program)
         .ok_or(ProbeError::MissingProgram(program))?
         .try_into()
-        .map_err(|source| ProbeError::Program { program, source })?;
-    prog.load()
-        .map_err(|source| ProbeError::Program { program, source })?;
+        .map_err(|source| ProbeError::Program {
+            program,
+            source: Box::new(source),
+        })?;
+    prog.load().map_err(|source| ProbeError::Program {
+        program,
+        source: Box::new(source),
+    })?;
     prog.attach(category, name)
         .map_err(|source| ProbeError::Tracepoint {
             program,
             category,
             name,
-            source,
+            source: Box::new(source),
         })?;
     Ok(())
 }

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Writes dashboards/edgewatch.json, the Grafana dashboard edgewatch ships.
+
+Run after changing panels: python3 dashboards/generate.py. tests/dashboards.rs
+checks that every metric a panel queries is one edgewatch exports (it must
+appear in a golden exposition under tests/golden/).
+"""
+import json
+import os
+
+PANELS = [
+    # (row title, [(panel title, type, unit, [(expr, legend)])])
+    ("Overview", [
+        ("Probes attached", "stat", "none",
+         [("sum by (probe, mode) (edgewatch_probe_attached{instance=~\"$instance\"})", "{{probe}} ({{mode}})")]),
+        ("Ring-buffer events/s", "timeseries", "ops",
+         [("sum by (probe) (rate(edgewatch_ringbuf_events_total{instance=~\"$instance\"}[$__rate_interval]))", "{{probe}}")]),
+        ("Lost events/s (ring full)", "timeseries", "ops",
+         [("sum by (probe) (rate(edgewatch_ringbuf_lost_events_total{instance=~\"$instance\"}[$__rate_interval]))", "{{probe}}")]),
+        ("Decode errors/s", "timeseries", "ops",
+         [("sum by (probe) (rate(edgewatch_decode_errors_total{instance=~\"$instance\"}[$__rate_interval]))", "{{probe}}")]),
+    ]),
+    ("connect()", [
+        ("connect() calls/s by result", "timeseries", "ops",
+         [("sum by (result) (rate(edgewatch_connect_calls_total{instance=~\"$instance\"}[$__rate_interval]))", "{{result}}")]),
+        ("TCP handshakes/s by outcome", "timeseries", "ops",
+         [("sum by (outcome) (rate(edgewatch_tcp_connects_total{instance=~\"$instance\"}[$__rate_interval]))", "{{outcome}}")]),
+        ("Handshake failure ratio", "timeseries", "percentunit",
+         [("sum(rate(edgewatch_tcp_connects_total{instance=~\"$instance\",outcome!=\"established\"}[$__rate_interval])) / sum(rate(edgewatch_tcp_connects_total{instance=~\"$instance\"}[$__rate_interval]))", "failed")]),
+        ("Handshake duration p50 / p99 (established)", "timeseries", "s",
+         [("histogram_quantile(0.5, sum by (le) (rate(edgewatch_tcp_connect_duration_seconds_bucket{instance=~\"$instance\",outcome=\"established\"}[$__rate_interval])))", "p50"),
+          ("histogram_quantile(0.99, sum by (le) (rate(edgewatch_tcp_connect_duration_seconds_bucket{instance=~\"$instance\",outcome=\"established\"}[$__rate_interval])))", "p99")]),
+    ]),
+]
+
+
+def panel(pid, title, ptype, unit, targets, x, y):
+    return {
+        "id": pid,
+        "type": ptype,
+        "title": title,
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "gridPos": {"h": 8, "w": 12 if ptype != "stat" else 6, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {},
+        "targets": [
+            {"refId": chr(ord("A") + i), "expr": expr, "legendFormat": legend,
+             "datasource": {"type": "prometheus", "uid": "${datasource}"}}
+            for i, (expr, legend) in enumerate(targets)
+        ],
+    }
+
+
+def build():
+    panels, pid, y = [], 1, 0
+    for row_title, row in PANELS:
+        panels.append({"id": pid, "type": "row", "title": row_title, "collapsed": False,
+                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})
+        pid += 1
+        y += 1
+        x = 0
+        for title, ptype, unit, targets in row:
+            p = panel(pid, title, ptype, unit, targets, x, y)
+            panels.append(p)
+            pid += 1
+            x += p["gridPos"]["w"]
+            if x >= 24:
+                x = 0
+                y += 8
+        if x:
+            y += 8
+    return {
+        "title": "edgewatch",
+        "uid": "edgewatch-overview",
+        "tags": ["edgewatch", "ebpf"],
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "time": {"from": "now-1h", "to": "now"},
+        "refresh": "30s",
+        "templating": {"list": [
+            {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Data source"},
+            {"name": "instance", "type": "query", "label": "Instance", "multi": True, "includeAll": True,
+             "datasource": {"type": "prometheus", "uid": "${datasource}"},
+             "query": {"query": "label_values(edgewatch_build_info, instance)", "refId": "instance"},
+             "refresh": 2},
+        ]},
+        "panels": panels,
+    }
+
+
+if __name__ == "__main__":
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "edgewatch.json")
+    with open(out, "w") as f:
+        json.dump(build(), f, indent=2)
+        f.write("\n")

@@ -287,3 +287,55 @@ fn prog_ids_named(name: &str) -> Vec<u32> {
         .filter_map(|l| l.split(':').next()?.trim().parse().ok())
         .collect()
 }
+
+/// A ring too small for the workload: the kernel counts every record it
+/// could not reserve, and what was counted plus what was lost covers
+/// everything the workload caused. Nothing disappears silently.
+#[test]
+fn a_full_ring_buffer_counts_its_losses() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let ns = Netns::new("lost");
+    // 4 KiB ring, no wake-ups, no timer drain before the scrape.
+    let ew = Edgewatch::start(&[
+        "--probes",
+        "connect",
+        "--metrics.labels=comm",
+        "--ringbuf.size-bytes=4096",
+        "--ringbuf.wakeup-bytes=4000",
+        "--ringbuf.flush-interval-ms=60000",
+    ]);
+    let before = ew.scrape();
+    let lost_before = before.count(
+        "edgewatch_ringbuf_lost_events_total",
+        &[("probe", "connect")],
+    );
+    let events_before = before.count("edgewatch_ringbuf_events_total", &[("probe", "connect")]);
+    let comm = format!("ewlost{}", std::process::id() % 100_000);
+    const REFUSED: u64 = 200;
+    let c = comm.clone();
+    ns.enter(move || {
+        set_thread_comm(&c);
+        for _ in 0..REFUSED {
+            let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, 1)).expect_err("refused");
+        }
+    });
+    let m = ew.scrape();
+    let lost = m.count(
+        "edgewatch_ringbuf_lost_events_total",
+        &[("probe", "connect")],
+    ) - lost_before;
+    let events = m.count("edgewatch_ringbuf_events_total", &[("probe", "connect")]) - events_before;
+    let ours = m.count("edgewatch_connect_calls_total", &[("comm", &comm)])
+        + m.count("edgewatch_tcp_connects_total", &[("comm", &comm)]);
+    // Each refused connect makes two records: the call and the handshake.
+    assert!(lost > 0, "a 4 KiB ring cannot hold {} records", 2 * REFUSED);
+    assert!(ours < 2 * REFUSED, "{ours}");
+    assert!(
+        events + lost >= 2 * REFUSED,
+        "events {events} + lost {lost} < {}",
+        2 * REFUSED
+    );
+}

@@ -26,6 +26,8 @@ use socket2::{Domain, Socket, Type};
 const N_BLOCKING: u64 = 25;
 const M_NONBLOCKING: u64 = 15;
 const K_REFUSED: u64 = 10;
+const V6_BLOCKING: u64 = 5;
+const UNIX_CONNECTS: u64 = 3;
 
 /// Waits until a non-blocking connect finishes; returns SO_ERROR.
 fn wait_connected(sock: &Socket) -> i32 {
@@ -83,6 +85,19 @@ fn workload(comm: &str) {
     }
     stop.store(true, Ordering::Relaxed);
     acceptor.join().unwrap();
+
+    // IPv6 over ::1 (the listener's backlog holds them; nobody accepts).
+    let l6 = TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)).unwrap();
+    for _ in 0..V6_BLOCKING {
+        TcpStream::connect(l6.local_addr().unwrap()).expect("ipv6 connect");
+    }
+    // AF_UNIX: counted as calls, never as TCP handshakes.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sock");
+    let _ul = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    for _ in 0..UNIX_CONNECTS {
+        std::os::unix::net::UnixStream::connect(&path).expect("unix connect");
+    }
 }
 
 #[test]
@@ -100,12 +115,13 @@ fn exact_connect_counts_agree_with_the_kernel() {
     ns.enter(move || workload(&c));
     let opens = ns.snmp("Tcp", "ActiveOpens") - opens_before;
 
-    let want_calls = N_BLOCKING + M_NONBLOCKING + K_REFUSED;
+    let want_calls = N_BLOCKING + M_NONBLOCKING + K_REFUSED + V6_BLOCKING + UNIX_CONNECTS;
+    let want_tcp = N_BLOCKING + M_NONBLOCKING + K_REFUSED + V6_BLOCKING;
     let m = poll(Duration::from_secs(10), || {
         let m = ew.scrape();
         let calls = m.count("edgewatch_connect_calls_total", &[("comm", &comm)]);
         let conns = m.count("edgewatch_tcp_connects_total", &[("comm", &comm)]);
-        (calls >= want_calls && conns >= want_calls).then_some(m)
+        (calls >= want_calls && conns >= want_tcp).then_some(m)
     })
     .unwrap_or_else(|| ew.scrape());
 
@@ -131,19 +147,39 @@ fn exact_connect_counts_agree_with_the_kernel() {
 
     assert_eq!(conns("established"), N_BLOCKING + M_NONBLOCKING);
     assert_eq!(conns("refused"), K_REFUSED);
+    assert_eq!(
+        m.count(
+            "edgewatch_tcp_connects_total",
+            &[
+                ("family", "ipv6"),
+                ("outcome", "established"),
+                ("comm", &comm)
+            ]
+        ),
+        V6_BLOCKING
+    );
     let attempts = m.count("edgewatch_tcp_connects_total", &[("comm", &comm)]);
-    assert_eq!(attempts, want_calls);
+    assert_eq!(attempts, want_tcp);
     assert_eq!(
         m.count(
             "edgewatch_tcp_connect_duration_seconds_count",
-            &[("outcome", "established"), ("comm", &comm)]
+            &[
+                ("family", "ipv4"),
+                ("outcome", "established"),
+                ("comm", &comm)
+            ]
         ),
         N_BLOCKING + M_NONBLOCKING
     );
     assert_eq!(
         m.count(
             "edgewatch_tcp_connect_duration_seconds_bucket",
-            &[("outcome", "established"), ("comm", &comm), ("le", "+Inf")]
+            &[
+                ("family", "ipv4"),
+                ("outcome", "established"),
+                ("comm", &comm),
+                ("le", "+Inf")
+            ]
         ),
         N_BLOCKING + M_NONBLOCKING
     );

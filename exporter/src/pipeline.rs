@@ -7,7 +7,10 @@
 //! request: a scrape asks for a drain first, so what a scrape shows includes
 //! every record the kernel had committed when the scrape arrived.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{
@@ -21,11 +24,38 @@ use crate::{
     telemetry::{ProbeLabel, Telemetry},
 };
 
+/// Logs at most once per period, saying how many were suppressed.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    const PERIOD: Duration = Duration::from_secs(10);
+
+    /// Returns how many were suppressed since the last log when it is
+    /// time to log again.
+    fn ready(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.duration_since(t) < Self::PERIOD => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 /// Routes records to probes. Pure: no kernel, no runtime.
 pub struct Dispatcher {
     probes: Vec<Box<dyn Probe>>,
     by_kind: HashMap<u16, usize>,
     telemetry: Telemetry,
+    log_limit: LogLimiter,
 }
 
 impl Dispatcher {
@@ -40,6 +70,7 @@ impl Dispatcher {
             probes,
             by_kind,
             telemetry,
+            log_limit: LogLimiter::default(),
         }
     }
 
@@ -47,13 +78,13 @@ impl Dispatcher {
     pub fn dispatch(&mut self, bytes: &[u8]) {
         let kind = match decode::header(bytes) {
             Ok(h) => h.kind,
-            Err(_) => {
-                self.count_error("unknown");
+            Err(e) => {
+                self.count_error("unknown", &e);
                 return;
             }
         };
         let Some(&i) = self.by_kind.get(&kind) else {
-            self.count_error("unknown");
+            self.count_error("unknown", &decode::DecodeError::UnknownKind { kind });
             return;
         };
         let probe = &mut self.probes[i];
@@ -65,18 +96,23 @@ impl Dispatcher {
                     .get_or_create(&ProbeLabel { probe: name })
                     .inc();
             }
-            Err(e) => {
-                tracing::debug!(probe = name, error = %e, "undecodable record");
-                self.count_error(name);
-            }
+            Err(e) => self.count_error(name, &e),
         }
     }
 
-    fn count_error(&self, probe: &'static str) {
+    fn count_error(&mut self, probe: &'static str, error: &decode::DecodeError) {
         self.telemetry
             .decode_errors
             .get_or_create(&ProbeLabel { probe })
             .inc();
+        if let Some(suppressed) = self.log_limit.ready(Instant::now()) {
+            tracing::warn!(
+                probe,
+                %error,
+                suppressed,
+                "undecodable ring-buffer record (counted in edgewatch_decode_errors_total)"
+            );
+        }
     }
 }
 
@@ -182,6 +218,16 @@ mod tests {
         let settings = Config::default().validate().unwrap();
         let probes = probe::build(&settings, &mut registry, &telemetry);
         (Dispatcher::new(probes, telemetry.clone()), telemetry)
+    }
+
+    #[test]
+    fn log_limiter_logs_once_per_period() {
+        let mut l = LogLimiter::default();
+        let t0 = Instant::now();
+        assert_eq!(l.ready(t0), Some(0));
+        assert_eq!(l.ready(t0 + Duration::from_secs(1)), None);
+        assert_eq!(l.ready(t0 + Duration::from_secs(2)), None);
+        assert_eq!(l.ready(t0 + Duration::from_secs(11)), Some(2));
     }
 
     #[test]

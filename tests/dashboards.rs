@@ -8,13 +8,11 @@
     reason = "a test fails loudly at the first broken expectation"
 )]
 
-use std::{collections::BTreeSet, path::PathBuf};
+mod common;
 
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path)
-}
+use std::collections::BTreeSet;
+
+use common::repo;
 
 /// Every `edgewatch_[a-z0-9_]+` token in `text`, minus recording-rule names
 /// (`edgewatch:...`) and a histogram's `_bucket/_sum/_count` suffixes.

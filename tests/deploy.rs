@@ -6,25 +6,9 @@
     reason = "a test fails loudly at the first broken expectation"
 )]
 
-use std::{path::PathBuf, process::Command};
+mod common;
 
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path)
-}
-
-fn promtool(args: &[&str]) {
-    let out = Command::new("promtool").args(args).output().expect(
-        "promtool not found: install the Debian package prometheus (scripts/quickstart does)",
-    );
-    assert!(
-        out.status.success(),
-        "promtool {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::{promtool, repo};
 
 #[test]
 fn prometheus_config_and_rules_are_valid() {

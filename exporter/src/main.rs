@@ -310,3 +310,44 @@ async fn wait_for_signal() -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        write!(
+            f,
+            "web:\n  listen_address: 127.0.0.1:1\nprobes: [warp]\nmetrics:\n  labels: [comm]\n  series_limit: 7\n"
+        )
+        .unwrap();
+        let path = f.path().to_str().unwrap();
+        let cli = Cli::try_parse_from([
+            "edgewatch",
+            "--config.file",
+            path,
+            "--web.listen-address",
+            "127.0.0.1:2",
+            "--probes",
+            "connect",
+        ])
+        .unwrap();
+        let s = cli.config().unwrap().validate().unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:2");
+        assert_eq!(s.probes, vec!["connect"]);
+        // Not overridden: from the file.
+        assert!(s.labels.comm);
+        assert_eq!(s.series_limit, 7);
+    }
+
+    #[test]
+    fn empty_flag_lists_mean_none() {
+        let cli = Cli::try_parse_from(["edgewatch", "--metrics.labels="]).unwrap();
+        let s = cli.config().unwrap().validate().unwrap();
+        assert!(!s.labels.comm && !s.labels.peer);
+    }
+}

@@ -381,6 +381,26 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
     }
 }
 
+/// A path in the repository.
+pub fn repo(path: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+/// Runs promtool with `args`; panics with its complaints.
+pub fn promtool(args: &[&str]) {
+    let out = Command::new("promtool").args(args).output().expect(
+        "promtool not found: install the Debian package prometheus (scripts/quickstart does)",
+    );
+    assert!(
+        out.status.success(),
+        "promtool {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `promtool check metrics` on an exposition; panics with its complaints.
 pub fn promtool_check(text: &str) {
     let mut child = Command::new("promtool")

@@ -334,13 +334,14 @@ fn a_full_ring_buffer_counts_its_losses() {
     }
     let _serial = serial();
     let ns = Netns::new("lost");
-    // 4 KiB ring, no wake-ups, no timer drain before the scrape.
+    // 4 KiB ring, a wake-up only when it is full, no timer drain before
+    // the scrape: the ring fills after a few dozen records.
     let ew = Edgewatch::start(&[
         "--probes",
         "connect",
         "--metrics.labels=comm",
         "--ringbuf.size-bytes=4096",
-        "--ringbuf.wakeup-bytes=4000",
+        "--ringbuf.wakeup-bytes=4096",
         "--ringbuf.flush-interval-ms=60000",
     ]);
     let before = ew.scrape();

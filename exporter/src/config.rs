@@ -249,9 +249,9 @@ impl Config {
                 "ringbuf.size_bytes: {size} must be a power of two from 4096 to 1073741824"
             ));
         }
-        if self.ringbuf.wakeup_bytes >= size {
+        if self.ringbuf.wakeup_bytes > size {
             errors.push(format!(
-                "ringbuf.wakeup_bytes: {} must be smaller than ringbuf.size_bytes ({size})",
+                "ringbuf.wakeup_bytes: {} must not exceed ringbuf.size_bytes ({size})",
                 self.ringbuf.wakeup_bytes
             ));
         }

@@ -14,6 +14,10 @@ use crate::{config::Settings, decode::DecodeError, telemetry::Telemetry};
 
 /// How a probe ended up attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[expect(
+    dead_code,
+    reason = "tp_btf, fentry and kprobe are the attach chains of the probes to come (retransmit, map)"
+)]
 pub enum AttachMode {
     Tracepoint,
     TpBtf,

@@ -31,6 +31,14 @@ PANELS = [
          [("histogram_quantile(0.5, sum by (le) (rate(edgewatch_tcp_connect_duration_seconds_bucket{instance=~\"$instance\",outcome=\"established\"}[$__rate_interval])))", "p50"),
           ("histogram_quantile(0.99, sum by (le) (rate(edgewatch_tcp_connect_duration_seconds_bucket{instance=~\"$instance\",outcome=\"established\"}[$__rate_interval])))", "p99")]),
     ]),
+ ("TCP retransmissions", [
+        ("Retransmitted segments/s (= TcpRetransSegs)", "timeseries", "ops",
+         [("sum by (family) (rate(edgewatch_tcp_retransmitted_segments_total{instance=~\"$instance\"}[$__rate_interval]))", "{{family}}")]),
+        ("Retransmits/s by socket state", "timeseries", "ops",
+         [("sum by (state) (rate(edgewatch_tcp_retransmits_total{instance=~\"$instance\"}[$__rate_interval]))", "{{state}}")]),
+        ("Abandoned retransmit attempts/s by reason", "timeseries", "ops",
+         [("sum by (reason) (rate(edgewatch_tcp_retransmits_skipped_total{instance=~\"$instance\"}[$__rate_interval]))", "{{reason}}")]),
+    ]),
 ]
 
 

@@ -58,6 +58,11 @@ pub const PROBE_COUNT: u32 = 8;
 
 pub const COMM_LEN: usize = 16;
 
+/// `Retransmit::flags`: a SYN-ACK retransmit (tcp_retransmit_synack).
+pub const RTX_SYNACK: u8 = 1;
+/// `Retransmit::flags`: the tracepoint carried `err` (kernel 6.12+).
+pub const RTX_HAS_ERR: u8 = 2;
+
 /// Every `EW_*` constant of the header, for the layout test.
 pub const DEFINES: &[(&str, u64)] = &[
     ("EW_KIND_CONNECT_CALL", KIND_CONNECT_CALL as u64),
@@ -69,6 +74,8 @@ pub const DEFINES: &[(&str, u64)] = &[
     ("EW_PROBE_MAP", PROBE_MAP as u64),
     ("EW_PROBE_COUNT", PROBE_COUNT as u64),
     ("EW_COMM_LEN", COMM_LEN as u64),
+    ("EW_RTX_SYNACK", RTX_SYNACK as u64),
+    ("EW_RTX_HAS_ERR", RTX_HAS_ERR as u64),
 ];
 
 wire_record! {
@@ -118,11 +125,35 @@ wire_record! {
     }
 }
 
+wire_record! {
+    /// One tcp:tcp_retransmit_skb or tcp:tcp_retransmit_synack event.
+    "ew_retransmit" => pub struct Retransmit {
+        pub hdr: Header,
+        /// Tracepoint `err` (0 without `RTX_HAS_ERR`).
+        pub err: i32,
+        /// `tcp_skb_pcount(skb)` at the tracepoint; 1 for a SYN-ACK.
+        pub segs: u16,
+        pub family: u16,
+        /// Host byte order.
+        pub sport: u16,
+        /// Host byte order.
+        pub dport: u16,
+        /// TCP state of the socket.
+        pub state: u8,
+        /// `RTX_*`.
+        pub flags: u8,
+        pub _pad: u16,
+        /// Remote address; IPv4 in the first 4 bytes.
+        pub daddr: [u8; 16],
+    }
+}
+
 /// Every record type, as (C name, size, fields), for the layout test.
 pub const RECORDS: &[(&str, usize, &[FieldLayout])] = &[
     record_entry::<Header>(),
     record_entry::<ConnectCall>(),
     record_entry::<TcpConnect>(),
+    record_entry::<Retransmit>(),
 ];
 
 const fn record_entry<R: Record>() -> (&'static str, usize, &'static [FieldLayout]) {

@@ -8,5 +8,6 @@
 #include "edgewatch.bpf.h"
 
 #include "connect.bpf.c"
+#include "retransmit.bpf.c"
 
 char LICENSE[] SEC("license") = "GPL";

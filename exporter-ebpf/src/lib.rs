@@ -18,6 +18,14 @@ pub fn edgewatch() -> &'static [u8] {
     &EDGEWATCH.0
 }
 
+static BASELINE: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/baseline.bpf.o")));
+
+/// Empty programs on the same hooks, the baseline for benchmarks.
+pub fn baseline() -> &'static [u8] {
+    &BASELINE.0
+}
+
 /// Record layouts of `common/include/edgewatch/events.h` as clang lays them
 /// out for BPF: lines of `record field offset` and `record =size N`.
 pub const C_LAYOUT: &str = include_str!(concat!(env!("OUT_DIR"), "/layout.txt"));

@@ -15,7 +15,7 @@ use serde::Deserialize;
 pub const DEFAULT_PORT: u16 = 10120;
 
 /// Every probe name `--probes` accepts, in attach order.
-pub const PROBE_NAMES: &[&str] = &["connect"];
+pub const PROBE_NAMES: &[&str] = &["connect", "retransmit"];
 
 /// Opt-in labels `--metrics.labels` accepts.
 pub const LABEL_NAMES: &[&str] = &["comm", "peer"];

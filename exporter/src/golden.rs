@@ -5,7 +5,10 @@
 
 use std::{path::PathBuf, process::Command};
 
-use edgewatch_common::{ConnectCall, Header, KIND_CONNECT_CALL, KIND_TCP_CONNECT, TcpConnect};
+use edgewatch_common::{
+    ConnectCall, Header, KIND_CONNECT_CALL, KIND_RETRANSMIT, KIND_TCP_CONNECT, RTX_HAS_ERR,
+    RTX_SYNACK, Retransmit, TcpConnect,
+};
 use prometheus_client::registry::Registry;
 
 use crate::{
@@ -153,6 +156,24 @@ fn tcp(newstate: u16, sk_err: i32, duration_ns: u64, name: &str) -> Vec<u8> {
     bytemuck::bytes_of(&t).to_vec()
 }
 
+fn rtx(flags: u8, err: i32, segs: u16, state: u8, last_octet: u8) -> Vec<u8> {
+    let mut daddr = [0u8; 16];
+    daddr[..4].copy_from_slice(&[192, 0, 2, last_octet]);
+    let r = Retransmit {
+        hdr: hdr(KIND_RETRANSMIT, size_of::<Retransmit>()),
+        err,
+        segs,
+        family: libc::AF_INET as u16,
+        sport: 40000,
+        dport: 443,
+        state,
+        flags,
+        _pad: 0,
+        daddr,
+    };
+    bytemuck::bytes_of(&r).to_vec()
+}
+
 fn exposition(cfg: Config) -> String {
     let settings = cfg.validate().expect("valid config");
     let mut registry = Registry::default();
@@ -184,6 +205,12 @@ fn exposition(cfg: Config) -> String {
         tcp(1, 0, 3_000_000, "nginx"),
         tcp(7, libc::ECONNREFUSED, 20_000, "curl"),
         tcp(7, libc::ETIMEDOUT, 7_000_000_000, "curl"),
+        rtx(RTX_HAS_ERR, 0, 4, 1, 10),
+        rtx(RTX_HAS_ERR, 0, 1, 1, 10),
+        rtx(RTX_HAS_ERR, -libc::EBUSY, 3, 1, 10),
+        rtx(RTX_HAS_ERR, 0, 1, 2, 11),
+        rtx(RTX_SYNACK, 0, 1, 3, 12),
+        rtx(0, 0, 2, 1, 13),
         vec![1, 2, 3],
     ] {
         d.dispatch(&r);
@@ -194,14 +221,14 @@ fn exposition(cfg: Config) -> String {
 }
 
 #[test]
-fn connect_default_labels() {
-    check_golden("connect.prom", &exposition(Config::default()));
+fn default_labels() {
+    check_golden("exposition-default.prom", &exposition(Config::default()));
 }
 
 #[test]
-fn connect_opt_in_labels_with_cap() {
+fn opt_in_labels_with_cap() {
     let mut cfg = Config::default();
     cfg.metrics.labels = vec!["comm".into(), "peer".into()];
     cfg.metrics.series_limit = 3;
-    check_golden("connect-labels.prom", &exposition(cfg));
+    check_golden("exposition-labels.prom", &exposition(cfg));
 }

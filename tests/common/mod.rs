@@ -95,6 +95,18 @@ impl Netns {
         .unwrap_or_else(|e| std::panic::resume_unwind(e))
     }
 
+    /// Like [`Netns::enter`] without waiting: the thread runs on.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        thread::spawn(move || {
+            enter_netns(&path);
+            f()
+        })
+    }
+
     /// A counter of /proc/net/snmp (e.g. "Tcp", "ActiveOpens") in this namespace.
     pub fn snmp(&self, group: &str, field: &str) -> u64 {
         let (group, field) = (group.to_string(), field.to_string());
@@ -108,6 +120,30 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// Joins two namespaces with a veth pair `a_if` (in `a`, address `a_ip`)
+/// and `b_if` (in `b`, address `b_ip`), both /24, up.
+pub fn veth_pair(a: &Netns, a_if: &str, a_ip: &str, b: &Netns, b_if: &str, b_ip: &str) {
+    run(&[
+        "ip", "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
+    ]);
+    a.exec(&["ip", "addr", "add", &format!("{a_ip}/24"), "dev", a_if]);
+    b.exec(&["ip", "addr", "add", &format!("{b_ip}/24"), "dev", b_if]);
+    a.exec(&["ip", "link", "set", a_if, "up"]);
+    b.exec(&["ip", "link", "set", b_if, "up"]);
+}
+
+/// A private /24 for this test process, used only inside its namespaces:
+/// 10.x.y.0 with x.y taken from the pid, so parallel runs don't collide.
+pub fn test_subnet(salt: u8) -> String {
+    let pid = std::process::id();
+    format!(
+        "10.{}.{}",
+        100 + (pid % 100) as u8 + salt,
+        (pid / 100 % 250) as u8
+    )
 }
 
 /// Moves the calling thread into the network namespace at `path`.

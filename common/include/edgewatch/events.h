@@ -62,4 +62,23 @@ struct ew_tcp_connect {
 	char comm[EW_COMM_LEN];
 };
 
+/* ew_retransmit.flags */
+#define EW_RTX_SYNACK 1  /* tcp:tcp_retransmit_synack (always counted, 1 segment) */
+#define EW_RTX_HAS_ERR 2 /* the tracepoint carries err (6.12+): it also fires
+                          * on early exits that never reach the counter */
+
+/* One tcp:tcp_retransmit_skb or tcp:tcp_retransmit_synack event. */
+struct ew_retransmit {
+	struct ew_hdr hdr;
+	__s32 err;      /* tracepoint err (0 without EW_RTX_HAS_ERR) */
+	__u16 segs;     /* tcp_skb_pcount(skb) at the tracepoint; 1 for SYN-ACK */
+	__u16 family;
+	__u16 sport;    /* host byte order */
+	__u16 dport;    /* host byte order */
+	__u8 state;     /* TCP state of the socket; TCP_SYN_RECV for SYN-ACK */
+	__u8 flags;     /* EW_RTX_* */
+	__u16 _pad;
+	__u8 daddr[16]; /* remote address; IPv4 in the first 4 bytes */
+};
+
 #endif /* EDGEWATCH_EVENTS_H */

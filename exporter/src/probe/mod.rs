@@ -3,6 +3,7 @@
 //! aggregator. The list of probes is explicit code in [`build`].
 
 pub mod connect;
+pub mod retransmit;
 
 use aya::{
     Ebpf,
@@ -82,6 +83,9 @@ pub fn build(
         .filter_map(|name| -> Option<Box<dyn Probe>> {
             match *name {
                 "connect" => Some(Box::new(connect::ConnectProbe::new(
+                    registry, settings, telemetry,
+                ))),
+                "retransmit" => Some(Box::new(retransmit::RetransmitProbe::new(
                     registry, settings, telemetry,
                 ))),
                 _ => None,

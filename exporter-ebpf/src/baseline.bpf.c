@@ -1,0 +1,23 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * Empty programs on the hooks edgewatch uses: the baseline its benchmarks
+ * compare against (same tracepoint, same events, nothing done). Not loaded
+ * by edgewatch itself.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+SEC("tracepoint/tcp/tcp_retransmit_skb")
+int ew_empty_rtx(void *ctx)
+{
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int ew_empty_connect(void *ctx)
+{
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,62 @@
+//! retransmit probe: `tcp:tcp_retransmit_skb` and `tcp:tcp_retransmit_synack`
+//! (kernel 4.16+), counted the way the kernel counts TcpRetransSegs (see
+//! aggregate/retransmit.rs). BPF side: exporter-ebpf/src/retransmit.bpf.c,
+//! which handles both the 6.12+ context (with `err`) and the older one in a
+//! single object through CO-RE.
+
+use aya::Ebpf;
+use edgewatch_common::{KIND_RETRANSMIT, PROBE_RETRANSMIT};
+use prometheus_client::registry::Registry;
+
+use super::{AttachMode, Probe, ProbeError, attach_tracepoint};
+use crate::{
+    aggregate::retransmit::RetransmitAggregator,
+    config::Settings,
+    decode::{self, DecodeError},
+    telemetry::Telemetry,
+};
+
+pub struct RetransmitProbe {
+    agg: RetransmitAggregator,
+}
+
+impl RetransmitProbe {
+    pub fn new(registry: &mut Registry, settings: &Settings, telemetry: &Telemetry) -> Self {
+        Self {
+            agg: RetransmitAggregator::register(
+                registry,
+                settings.labels,
+                settings.series_limit,
+                &telemetry.series_dropped,
+            ),
+        }
+    }
+}
+
+impl Probe for RetransmitProbe {
+    fn name(&self) -> &'static str {
+        "retransmit"
+    }
+
+    fn id(&self) -> u32 {
+        PROBE_RETRANSMIT
+    }
+
+    fn kinds(&self) -> &'static [u16] {
+        &[KIND_RETRANSMIT]
+    }
+
+    fn attach(&mut self, bpf: &mut Ebpf) -> Result<AttachMode, ProbeError> {
+        attach_tracepoint(bpf, "ew_retransmit_skb", "tcp", "tcp_retransmit_skb")?;
+        attach_tracepoint(bpf, "ew_retransmit_synack", "tcp", "tcp_retransmit_synack")?;
+        Ok(AttachMode::Tracepoint)
+    }
+
+    fn handle(&mut self, kind: u16, bytes: &[u8]) -> Result<(), DecodeError> {
+        match kind {
+            KIND_RETRANSMIT => self.agg.on_retransmit(&decode::record(bytes)?),
+            kind => return Err(DecodeError::UnknownKind { kind }),
+        }
+        Ok(())
+    }
+}

@@ -39,6 +39,24 @@ PANELS = [
         ("Abandoned retransmit attempts/s by reason", "timeseries", "ops",
          [("sum by (reason) (rate(edgewatch_tcp_retransmits_skipped_total{instance=~\"$instance\"}[$__rate_interval]))", "{{reason}}")]),
     ]),
+ ("BPF maps and programs", [
+        ("Fullest maps (pressure)", "timeseries", "percentunit",
+         [("topk(10, max by (map_id, map_name, map_type) (edgewatch_bpf_map_pressure{instance=~\"$instance\"}))", "{{map_name}} ({{map_type}}, id {{map_id}})")]),
+        ("Map update failures/s by map and result", "timeseries", "ops",
+         [("topk(10, sum by (map_name, result) (rate(edgewatch_bpf_map_updates_total{instance=~\"$instance\",result!=\"ok\"}[$__rate_interval])))", "{{map_name}} {{result}}")]),
+        ("Map updates/s by map", "timeseries", "ops",
+         [("topk(10, sum by (map_name) (rate(edgewatch_bpf_map_updates_total{instance=~\"$instance\",result=\"ok\"}[$__rate_interval])))", "{{map_name}}")]),
+        ("Seconds since last successful update", "table", "s",
+         [("time() - max by (map_id, map_name) (edgewatch_bpf_map_last_update_timestamp_seconds{instance=~\"$instance\"})", "{{map_name}}")]),
+        ("Map update syscall p99", "timeseries", "s",
+         [("histogram_quantile(0.99, sum by (le, map_type) (rate(edgewatch_bpf_map_update_duration_seconds_bucket{instance=~\"$instance\"}[$__rate_interval])))", "{{map_type}}")]),
+        ("Program CPU (run seconds/s)", "timeseries", "percentunit",
+         [("topk(10, sum by (prog_name, prog_type) (rate(edgewatch_bpf_prog_run_seconds_total{instance=~\"$instance\"}[$__rate_interval])))", "{{prog_name}} ({{prog_type}})")]),
+        ("Program ns per run", "timeseries", "ns",
+         [("topk(10, 1e9 * sum by (prog_name) (rate(edgewatch_bpf_prog_run_seconds_total{instance=~\"$instance\"}[$__rate_interval])) / sum by (prog_name) (rate(edgewatch_bpf_prog_runs_total{instance=~\"$instance\"}[$__rate_interval])))", "{{prog_name}}")]),
+        ("Maps on the host", "stat", "none",
+         [("count(edgewatch_bpf_map_info{instance=~\"$instance\"})", "maps")]),
+    ]),
 ]
 
 

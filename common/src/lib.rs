@@ -58,6 +58,9 @@ pub const PROBE_COUNT: u32 = 8;
 
 pub const COMM_LEN: usize = 16;
 
+/// `MapEntries::flags`: `entries` is exact.
+pub const ENTRIES_KNOWN: u32 = 1;
+
 /// `Retransmit::flags`: a SYN-ACK retransmit (tcp_retransmit_synack).
 pub const RTX_SYNACK: u8 = 1;
 /// `Retransmit::flags`: the tracepoint carried `err` (kernel 6.12+).
@@ -76,6 +79,7 @@ pub const DEFINES: &[(&str, u64)] = &[
     ("EW_COMM_LEN", COMM_LEN as u64),
     ("EW_RTX_SYNACK", RTX_SYNACK as u64),
     ("EW_RTX_HAS_ERR", RTX_HAS_ERR as u64),
+    ("EW_ENTRIES_KNOWN", ENTRIES_KNOWN as u64),
 ];
 
 wire_record! {
@@ -148,12 +152,47 @@ wire_record! {
     }
 }
 
+wire_record! {
+    /// One map update or delete (single element or batch).
+    "ew_map_op" => pub struct MapOp {
+        pub hdr: Header,
+        pub duration_ns: u64,
+        /// 0 when the fd did not resolve to a map.
+        pub map_id: u32,
+        pub map_type: u32,
+        pub tgid: u32,
+        /// Syscall return: 0 or -errno.
+        pub ret: i32,
+        /// Batch: `attr.batch.count` after the call; 1 otherwise.
+        pub count: u32,
+        /// Batch: `attr.batch.count` before the call; 1 otherwise.
+        pub requested: u32,
+        pub cmd: u16,
+        pub _pad: u16,
+        pub _pad2: u32,
+        pub map_name: [u8; 16],
+        pub comm: [u8; COMM_LEN],
+    }
+}
+
+wire_record! {
+    /// One map of the inventory iterator's output.
+    "ew_map_entries" => pub struct MapEntries {
+        pub map_id: u32,
+        /// `ENTRIES_KNOWN` when `entries` is exact.
+        pub flags: u32,
+        pub entries: u64,
+    }
+}
+
 /// Every record type, as (C name, size, fields), for the layout test.
 pub const RECORDS: &[(&str, usize, &[FieldLayout])] = &[
     record_entry::<Header>(),
     record_entry::<ConnectCall>(),
     record_entry::<TcpConnect>(),
     record_entry::<Retransmit>(),
+    record_entry::<MapOp>(),
+    record_entry::<MapEntries>(),
 ];
 
 const fn record_entry<R: Record>() -> (&'static str, usize, &'static [FieldLayout]) {

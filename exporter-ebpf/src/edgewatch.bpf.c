@@ -9,5 +9,6 @@
 
 #include "connect.bpf.c"
 #include "retransmit.bpf.c"
+#include "map.bpf.c"
 
 char LICENSE[] SEC("license") = "GPL";

@@ -102,10 +102,71 @@ struct sock {
 	int sk_err;
 };
 
+/* File table walk: current->files->fdt->fd[fd]->private_data */
+struct qstr {
+	const unsigned char *name;
+};
+
+struct dentry {
+	struct qstr d_name;
+};
+
+struct path {
+	struct dentry *dentry;
+};
+
+struct file {
+	struct path f_path;
+	void *private_data;
+};
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+};
+
+struct files_struct {
+	struct fdtable *fdt;
+};
+
+struct task_struct {
+	struct files_struct *files;
+};
+
+struct bpf_map {
+	enum bpf_map_type map_type; /* an enum in the kernel: CO-RE wants the same kind */
+	__u32 max_entries;
+	__u32 id;
+	char name[16];
+};
+
+/* kernel/bpf/lpm_trie.c */
+struct lpm_trie {
+	struct bpf_map map;
+	__u64 n_entries;
+};
+
+struct seq_file;
+
+struct bpf_iter_meta {
+	struct seq_file *seq;
+	__u64 session_id;
+	__u64 seq_num;
+};
+
+struct bpf_iter__bpf_map {
+	struct bpf_iter_meta *meta;
+	struct bpf_map *map;
+};
+
 struct sockaddr {
 	unsigned short sa_family;
 };
 
 #pragma clang attribute pop
+
+/* kprobe context: the architecture's register frame, as the UAPI header
+ * spells it (bpf_tracing.h's PT_REGS_* use those names here). */
+#include <asm/ptrace.h>
 
 #endif /* EDGEWATCH_VMLINUX_H */

@@ -15,7 +15,7 @@ use serde::Deserialize;
 pub const DEFAULT_PORT: u16 = 10120;
 
 /// Every probe name `--probes` accepts, in attach order.
-pub const PROBE_NAMES: &[&str] = &["connect", "retransmit"];
+pub const PROBE_NAMES: &[&str] = &["connect", "retransmit", "map"];
 
 /// Opt-in labels `--metrics.labels` accepts.
 pub const LABEL_NAMES: &[&str] = &["comm", "peer"];
@@ -29,6 +29,21 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub ringbuf: RingbufConfig,
+    pub bpf: BpfConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct BpfConfig {
+    /// Hold BPF_ENABLE_STATS so the kernel counts every program's runs and
+    /// run time (edgewatch_bpf_prog_*).
+    pub enable_stats: bool,
+}
+
+impl Default for BpfConfig {
+    fn default() -> Self {
+        Self { enable_stats: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -73,6 +88,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             ringbuf: RingbufConfig::default(),
+            bpf: BpfConfig::default(),
         }
     }
 }
@@ -274,6 +290,7 @@ impl Config {
                 ringbuf_size: size as u32,
                 wakeup_bytes: self.ringbuf.wakeup_bytes,
                 flush_interval: Duration::from_millis(self.ringbuf.flush_interval_ms),
+                enable_stats: self.bpf.enable_stats,
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -300,6 +317,7 @@ pub struct Settings {
     pub ringbuf_size: u32,
     pub wakeup_bytes: u64,
     pub flush_interval: Duration,
+    pub enable_stats: bool,
 }
 
 /// Splits a comma list flag value; empty items are dropped.

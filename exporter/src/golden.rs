@@ -6,18 +6,62 @@
 use std::{path::PathBuf, process::Command};
 
 use edgewatch_common::{
-    ConnectCall, Header, KIND_CONNECT_CALL, KIND_RETRANSMIT, KIND_TCP_CONNECT, RTX_HAS_ERR,
-    RTX_SYNACK, Retransmit, TcpConnect,
+    ConnectCall, Header, KIND_CONNECT_CALL, KIND_MAP_OP, KIND_RETRANSMIT, KIND_TCP_CONNECT, MapOp,
+    RTX_HAS_ERR, RTX_SYNACK, Retransmit, TcpConnect,
 };
 use prometheus_client::registry::Registry;
 
 use crate::{
+    aggregate::map::Clock,
     config::Config,
     export::prometheus::to_prometheus_text,
+    inventory::{InventoryCollector, InventorySource, MapRow, ProgRow},
     pipeline::Dispatcher,
     probe,
     telemetry::{LostCollector, LostSource, ProbeModeLabels, Telemetry},
 };
+
+/// A fixed host: three maps, two programs.
+struct FixedInventory;
+
+impl InventorySource for FixedInventory {
+    fn maps(&self, _errors: &mut Vec<&'static str>) -> Vec<MapRow> {
+        let row = |id, name: &str, map_type, max_entries, entries| MapRow {
+            id,
+            name: name.to_string(),
+            map_type,
+            key_size: 4,
+            value_size: 8,
+            max_entries,
+            flags: 0,
+            entries,
+        };
+        vec![
+            row(12, "routes", 11, 1024, Some(1000)),
+            row(10, "conntrack", 9, 65536, Some(16384)),
+            row(11, "counters", 6, 16, None),
+        ]
+    }
+
+    fn programs(&self, _errors: &mut Vec<&'static str>) -> Vec<ProgRow> {
+        vec![
+            ProgRow {
+                id: 40,
+                name: "xdp_lb".into(),
+                prog_type: 6,
+                runs: 123456,
+                run_seconds: 0.004,
+            },
+            ProgRow {
+                id: 41,
+                name: "trace_sys".into(),
+                prog_type: 5,
+                runs: 7,
+                run_seconds: 0.000002,
+            },
+        ]
+    }
+}
 
 fn golden_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -174,11 +218,41 @@ fn rtx(flags: u8, err: i32, segs: u16, state: u8, last_octet: u8) -> Vec<u8> {
     bytemuck::bytes_of(&r).to_vec()
 }
 
+fn map_op(cmd: u16, ret: i32, requested: u32, count: u32, id: u32, ty: u32, name: &str) -> Vec<u8> {
+    let mut map_name = [0u8; 16];
+    map_name[..name.len()].copy_from_slice(name.as_bytes());
+    let o = MapOp {
+        hdr: hdr(KIND_MAP_OP, size_of::<MapOp>()),
+        duration_ns: 1500,
+        map_id: id,
+        map_type: ty,
+        tgid: 7,
+        ret,
+        count,
+        requested,
+        cmd,
+        _pad: 0,
+        _pad2: 0,
+        map_name,
+        comm: comm("cilium-agent"),
+    };
+    bytemuck::bytes_of(&o).to_vec()
+}
+
 fn exposition(cfg: Config) -> String {
     let settings = cfg.validate().expect("valid config");
     let mut registry = Registry::default();
     let telemetry = Telemetry::register(&mut registry);
-    let probes = probe::build(&settings, &mut registry, &telemetry);
+    let probes = probe::build_with_clock(
+        &settings,
+        &mut registry,
+        &telemetry,
+        Clock::fixed(1_795_000_000_000_000_000),
+    );
+    registry.register_collector(Box::new(InventoryCollector::new(
+        Box::new(FixedInventory),
+        telemetry.scrape_errors.clone(),
+    )));
     for p in &probes {
         telemetry
             .probe_attached
@@ -211,6 +285,12 @@ fn exposition(cfg: Config) -> String {
         rtx(RTX_HAS_ERR, 0, 1, 2, 11),
         rtx(RTX_SYNACK, 0, 1, 3, 12),
         rtx(0, 0, 2, 1, 13),
+        map_op(2, 0, 1, 1, 10, 9, "conntrack"),
+        map_op(2, -libc::EEXIST, 1, 1, 10, 9, "conntrack"),
+        map_op(2, -libc::E2BIG, 1, 1, 10, 9, "conntrack"),
+        map_op(26, -libc::E2BIG, 8, 5, 12, 11, "routes"),
+        map_op(3, -libc::ENOENT, 1, 1, 12, 11, "routes"),
+        map_op(27, 0, 4, 4, 12, 11, "routes"),
         vec![1, 2, 3],
     ] {
         d.dispatch(&r);

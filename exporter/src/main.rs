@@ -1,12 +1,14 @@
 //! edgewatch: eBPF observability exporter. CLI -> config -> validate -> run.
 
 mod aggregate;
+mod bpfobj;
 mod config;
 mod decode;
 mod errno;
 mod export;
 #[cfg(test)]
 mod golden;
+mod inventory;
 mod pipeline;
 mod probe;
 mod system;
@@ -77,6 +79,10 @@ struct Cli {
     /// Backstop drain period in milliseconds [default: 100].
     #[arg(long = "ringbuf.flush-interval-ms", value_name = "MS")]
     flush_interval_ms: Option<u64>,
+    /// Hold BPF_ENABLE_STATS so every program's runs and run time are
+    /// counted (true or false) [default: true].
+    #[arg(long = "bpf.enable-stats", value_name = "BOOL")]
+    enable_stats: Option<bool>,
 }
 
 impl Cli {
@@ -115,6 +121,9 @@ impl Cli {
         }
         if let Some(v) = self.flush_interval_ms {
             cfg.ringbuf.flush_interval_ms = v;
+        }
+        if let Some(v) = self.enable_stats {
+            cfg.bpf.enable_stats = v;
         }
         Ok(cfg)
     }
@@ -163,11 +172,29 @@ fn load(settings: &Settings) -> Result<Ebpf> {
     system::raise_memlock();
     system::ensure_tracefs()?;
     system::ensure_bpffs();
+    let btf = aya::Btf::from_sys_fs().ok();
+    let kfunc = bpfobj::kernel_func_id(btf.as_ref(), bpfobj::SUM_ELEM_COUNT);
+    if kfunc.is_none() {
+        tracing::warn!(
+            "this kernel has no {} (6.6+): hash-map entries and pressure are not exported",
+            bpfobj::SUM_ELEM_COUNT
+        );
+    }
+    let (object, _) = bpfobj::patch_kfunc(edgewatch_ebpf::edgewatch(), kfunc);
     EbpfLoader::new()
         .map_max_entries("ew_events", settings.ringbuf_size)
         .override_global("ew_wakeup_bytes", &settings.wakeup_bytes, true)
-        .load(edgewatch_ebpf::edgewatch())
+        .load(&object)
         .context("loading the BPF object")
+}
+
+/// Loads the map inventory's iterator when the map probe is enabled;
+/// without it the inventory has no entries/pressure series.
+fn load_inventory(settings: &Settings, bpf: &mut Ebpf) -> Option<Result<(), String>> {
+    settings
+        .probes
+        .contains(&"map")
+        .then(|| inventory::load_iterator(bpf).map_err(|e| format!("{e}")))
 }
 
 /// Attaches every probe; returns the names that failed.
@@ -215,6 +242,11 @@ fn check(settings: &Settings) -> Result<ExitCode> {
         Ok(mode) => println!("{name}: attached ({mode})"),
         Err(e) => println!("{name}: FAILED: {e}"),
     });
+    match load_inventory(settings, &mut bpf) {
+        Some(Ok(())) => println!("map inventory: iterator loaded"),
+        Some(Err(e)) => println!("map inventory: iterator FAILED (no entries/pressure): {e}"),
+        None => {}
+    }
     drop(bpf); // detaches everything
     Ok(if failed == 0 {
         ExitCode::SUCCESS
@@ -255,6 +287,38 @@ async fn run(settings: Settings) -> Result<ExitCode> {
     )));
     let ring = RingBuf::try_from(bpf.take_map("ew_events").context("map ew_events missing")?)
         .context("opening the ring buffer")?;
+
+    // Program statistics for the inventory: fd-scoped, the sysctl stays
+    // untouched, and the kernel stops counting when edgewatch exits.
+    let _stats = if settings.enable_stats {
+        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::warn!(error = %e, "BPF_ENABLE_STATS failed: program run counts will not move");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let iterator = match load_inventory(&settings, &mut bpf) {
+        Some(Ok(())) => true,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "map iterator failed to load: no entries/pressure series");
+            false
+        }
+        None => false,
+    };
+    let bpf = Arc::new(std::sync::Mutex::new(bpf));
+    if settings.probes.contains(&"map") {
+        registry.register_collector(Box::new(inventory::InventoryCollector::new(
+            Box::new(inventory::KernelInventory {
+                bpf: bpf.clone(),
+                iterator,
+            }),
+            telemetry.scrape_errors.clone(),
+        )));
+    }
     let (pipeline, flush) = Pipeline::new(
         ring,
         Dispatcher::new(probes, telemetry.clone()),

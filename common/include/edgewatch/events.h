@@ -81,4 +81,31 @@ struct ew_retransmit {
 	__u8 daddr[16]; /* remote address; IPv4 in the first 4 bytes */
 };
 
+/* One map update or delete (single element or batch) from any process. */
+struct ew_map_op {
+	struct ew_hdr hdr;
+	__u64 duration_ns; /* syscall entry to exit */
+	__u32 map_id;      /* 0 when the fd did not resolve to a map */
+	__u32 map_type;    /* enum bpf_map_type */
+	__u32 tgid;
+	__s32 ret;         /* syscall return: 0 or -errno */
+	__u32 count;       /* batch: attr.batch.count after the call; 1 otherwise */
+	__u32 requested;   /* batch: attr.batch.count before the call; 1 otherwise */
+	__u16 cmd;         /* BPF_MAP_UPDATE_ELEM, _DELETE_ELEM, _UPDATE_BATCH, _DELETE_BATCH */
+	__u16 _pad;
+	__u32 _pad2;
+	char map_name[16];
+	char comm[EW_COMM_LEN];
+};
+
+/* One map of the inventory iterator (iter/bpf_map), written with
+ * bpf_seq_write; read by user space at scrape time. */
+#define EW_ENTRIES_KNOWN 1
+
+struct ew_map_entries {
+	__u32 map_id;
+	__u32 flags;   /* EW_ENTRIES_KNOWN when `entries` is exact */
+	__u64 entries;
+};
+
 #endif /* EDGEWATCH_EVENTS_H */

@@ -3,6 +3,7 @@
 
 pub mod connect;
 pub mod labels;
+pub mod map;
 pub mod retransmit;
 
 use std::sync::Arc;

@@ -22,6 +22,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod bpf;
+
 pub const SKIP_VAR: &str = "EDGEWATCH_SKIP_PRIVILEGED_TESTS";
 
 /// One privileged test at a time in a test binary.

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 /// Top-level compilation units: each becomes `$OUT_DIR/<name>.bpf.o`.
-const OBJECTS: &[&str] = &["edgewatch", "baseline"];
+const OBJECTS: &[&str] = &["edgewatch", "xdp", "baseline"];
 
 const CLANG_CANDIDATES: &[&str] = &[
     "clang-19", "clang-18", "clang-17", "clang-16", "clang-15", "clang-14", "clang",

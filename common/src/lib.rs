@@ -66,6 +66,15 @@ pub const RTX_SYNACK: u8 = 1;
 /// `Retransmit::flags`: the tracepoint carried `err` (kernel 6.12+).
 pub const RTX_HAS_ERR: u8 = 2;
 
+pub const XDP_MAX_IFACES: u32 = 64;
+pub const XDP_ACTIONS: u32 = 5;
+pub const XDP_PROTOS: u32 = 5;
+pub const XDP_PROTO_TCP: u32 = 0;
+pub const XDP_PROTO_UDP: u32 = 1;
+pub const XDP_PROTO_ICMP: u32 = 2;
+pub const XDP_PROTO_ICMPV6: u32 = 3;
+pub const XDP_PROTO_OTHER: u32 = 4;
+
 /// Every `EW_*` constant of the header, for the layout test.
 pub const DEFINES: &[(&str, u64)] = &[
     ("EW_KIND_CONNECT_CALL", KIND_CONNECT_CALL as u64),
@@ -80,6 +89,14 @@ pub const DEFINES: &[(&str, u64)] = &[
     ("EW_RTX_SYNACK", RTX_SYNACK as u64),
     ("EW_RTX_HAS_ERR", RTX_HAS_ERR as u64),
     ("EW_ENTRIES_KNOWN", ENTRIES_KNOWN as u64),
+    ("EW_XDP_MAX_IFACES", XDP_MAX_IFACES as u64),
+    ("EW_XDP_ACTIONS", XDP_ACTIONS as u64),
+    ("EW_XDP_PROTOS", XDP_PROTOS as u64),
+    ("EW_XDP_PROTO_TCP", XDP_PROTO_TCP as u64),
+    ("EW_XDP_PROTO_UDP", XDP_PROTO_UDP as u64),
+    ("EW_XDP_PROTO_ICMP", XDP_PROTO_ICMP as u64),
+    ("EW_XDP_PROTO_ICMPV6", XDP_PROTO_ICMPV6 as u64),
+    ("EW_XDP_PROTO_OTHER", XDP_PROTO_OTHER as u64),
 ];
 
 wire_record! {
@@ -185,6 +202,30 @@ wire_record! {
     }
 }
 
+wire_record! {
+    /// One (interface, action, protocol) cell of the XDP per-CPU counters.
+    "ew_xdp_counter" => pub struct XdpCounter {
+        pub packets: u64,
+        pub bytes: u64,
+    }
+}
+
+wire_record! {
+    /// IPv4 blocklist key (LPM trie).
+    "ew_lpm_v4" => pub struct LpmV4 {
+        pub prefixlen: u32,
+        pub addr: [u8; 4],
+    }
+}
+
+wire_record! {
+    /// IPv6 blocklist key (LPM trie).
+    "ew_lpm_v6" => pub struct LpmV6 {
+        pub prefixlen: u32,
+        pub addr: [u8; 16],
+    }
+}
+
 /// Every record type, as (C name, size, fields), for the layout test.
 pub const RECORDS: &[(&str, usize, &[FieldLayout])] = &[
     record_entry::<Header>(),
@@ -193,6 +234,9 @@ pub const RECORDS: &[(&str, usize, &[FieldLayout])] = &[
     record_entry::<Retransmit>(),
     record_entry::<MapOp>(),
     record_entry::<MapEntries>(),
+    record_entry::<XdpCounter>(),
+    record_entry::<LpmV4>(),
+    record_entry::<LpmV6>(),
 ];
 
 const fn record_entry<R: Record>() -> (&'static str, usize, &'static [FieldLayout]) {

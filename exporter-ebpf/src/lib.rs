@@ -18,6 +18,13 @@ pub fn edgewatch() -> &'static [u8] {
     &EDGEWATCH.0
 }
 
+static XDP: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/xdp.bpf.o")));
+
+/// The XDP datapath object: per-CPU counters and the prefix blocklist.
+pub fn xdp() -> &'static [u8] {
+    &XDP.0
+}
+
 static BASELINE: &Aligned<[u8]> =
     &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/baseline.bpf.o")));
 

@@ -49,10 +49,14 @@ fn rust_records_match_the_c_header() {
     assert_eq!(rust, c, "Rust records (left) differ from events.h (right)");
 }
 
+/// Ring-buffer records (those starting with the common header) keep their
+/// tail padding explicit. Map keys and values follow the kernel's layout.
 #[test]
-fn every_record_is_a_multiple_of_8_bytes() {
-    for (name, size, _) in RECORDS {
-        assert_eq!(size % 8, 0, "{name} is {size} bytes");
+fn every_ring_buffer_record_is_a_multiple_of_8_bytes() {
+    for (name, size, fields) in RECORDS {
+        if fields.first().is_some_and(|f| f.0 == "hdr") {
+            assert_eq!(size % 8, 0, "{name} is {size} bytes");
+        }
     }
 }
 

@@ -6,7 +6,15 @@
 //! `serde(deny_unknown_fields)`: the latter stops at the first unknown key,
 //! the former lists all of them with their full paths in one pass.
 
-use std::{fmt, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
 
 use serde::Deserialize;
 
@@ -30,6 +38,28 @@ pub struct Config {
     pub log: LogConfig,
     pub ringbuf: RingbufConfig,
     pub bpf: BpfConfig,
+    pub xdp: XdpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct XdpConfig {
+    /// Interfaces to attach the XDP datapath to; none by default.
+    pub interfaces: Vec<String>,
+    /// auto (driver, else skb), driver or skb.
+    pub mode: String,
+    /// Source-prefix blocklist, one CIDR a line; SIGHUP reloads it.
+    pub blocklist_file: Option<PathBuf>,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            mode: "auto".into(),
+            blocklist_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -89,6 +119,7 @@ impl Default for Config {
             log: LogConfig::default(),
             ringbuf: RingbufConfig::default(),
             bpf: BpfConfig::default(),
+            xdp: XdpConfig::default(),
         }
     }
 }
@@ -278,6 +309,44 @@ impl Config {
             ));
         }
 
+        let xdp_mode = crate::xdp::ModeChoice::parse(&self.xdp.mode).unwrap_or_else(|| {
+            errors.push(format!(
+                "xdp.mode: unknown mode {:?} (known: auto, driver, skb)",
+                self.xdp.mode
+            ));
+            crate::xdp::ModeChoice::Auto
+        });
+        let mut xdp_interfaces = Vec::new();
+        for (i, name) in self.xdp.interfaces.iter().enumerate() {
+            if xdp_interfaces.iter().any(|(n, _)| n == name) {
+                errors.push(format!("xdp.interfaces[{i}]: {name:?} is listed twice"));
+                continue;
+            }
+            match interface_index(name) {
+                Some(idx) => xdp_interfaces.push((name.clone(), idx)),
+                None => errors.push(format!(
+                    "xdp.interfaces[{i}]: no network interface named {name:?} here (see 'ip link')"
+                )),
+            }
+        }
+        let xdp_blocklist = match &self.xdp.blocklist_file {
+            Some(path) => {
+                if self.xdp.interfaces.is_empty() {
+                    errors.push(
+                        "xdp.blocklist_file: needs at least one interface in xdp.interfaces".into(),
+                    );
+                }
+                match crate::xdp::read_blocklist(path) {
+                    Ok(list) => Some((path.clone(), list)),
+                    Err(e) => {
+                        errors.push(format!("xdp.blocklist_file: {e}"));
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+
         match listen {
             Some(listen) if errors.is_empty() => Ok(Settings {
                 listen,
@@ -291,6 +360,9 @@ impl Config {
                 wakeup_bytes: self.ringbuf.wakeup_bytes,
                 flush_interval: Duration::from_millis(self.ringbuf.flush_interval_ms),
                 enable_stats: self.bpf.enable_stats,
+                xdp_interfaces,
+                xdp_mode,
+                xdp_blocklist,
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -318,6 +390,18 @@ pub struct Settings {
     pub wakeup_bytes: u64,
     pub flush_interval: Duration,
     pub enable_stats: bool,
+    /// (name, ifindex)
+    pub xdp_interfaces: Vec<(String, u32)>,
+    pub xdp_mode: crate::xdp::ModeChoice,
+    pub xdp_blocklist: Option<(PathBuf, BTreeSet<IpNet>)>,
+}
+
+/// The ifindex of a network interface in this network namespace.
+pub fn interface_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
 }
 
 /// Splits a comma list flag value; empty items are dropped.
@@ -398,6 +482,9 @@ mod tests {
         cfg.log.format = "xml".into();
         cfg.ringbuf.size_bytes = 1000;
         cfg.ringbuf.flush_interval_ms = 0;
+        cfg.xdp.interfaces = vec!["lo".into(), "ew-no-such-if0".into()];
+        cfg.xdp.mode = "turbo".into();
+        cfg.xdp.blocklist_file = Some("/nonexistent/blocklist".into());
         let err = cfg.validate().unwrap_err();
         let paths: Vec<&str> = err.0.iter().map(|e| e.split(':').next().unwrap()).collect();
         assert_eq!(
@@ -412,7 +499,10 @@ mod tests {
                 "log.format",
                 "ringbuf.size_bytes",
                 "ringbuf.wakeup_bytes",
-                "ringbuf.flush_interval_ms"
+                "ringbuf.flush_interval_ms",
+                "xdp.mode",
+                "xdp.interfaces[1]",
+                "xdp.blocklist_file"
             ]
         );
     }

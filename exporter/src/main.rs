@@ -13,6 +13,7 @@ mod pipeline;
 mod probe;
 mod system;
 mod telemetry;
+mod xdp;
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -83,6 +84,15 @@ struct Cli {
     /// counted (true or false) [default: true].
     #[arg(long = "bpf.enable-stats", value_name = "BOOL")]
     enable_stats: Option<bool>,
+    /// Attach the XDP datapath to this interface (repeatable) [default: none].
+    #[arg(long = "xdp.interface", value_name = "IFACE")]
+    xdp_interfaces: Vec<String>,
+    /// XDP attach mode: auto (driver, else skb), driver or skb [default: auto].
+    #[arg(long = "xdp.mode", value_name = "MODE")]
+    xdp_mode: Option<String>,
+    /// XDP source-prefix blocklist file (one CIDR a line; SIGHUP reloads it).
+    #[arg(long = "xdp.blocklist-file", value_name = "PATH")]
+    xdp_blocklist: Option<PathBuf>,
 }
 
 impl Cli {
@@ -124,6 +134,15 @@ impl Cli {
         }
         if let Some(v) = self.enable_stats {
             cfg.bpf.enable_stats = v;
+        }
+        if !self.xdp_interfaces.is_empty() {
+            cfg.xdp.interfaces = self.xdp_interfaces.clone();
+        }
+        if let Some(v) = &self.xdp_mode {
+            cfg.xdp.mode = v.clone();
+        }
+        if let Some(v) = &self.xdp_blocklist {
+            cfg.xdp.blocklist_file = Some(v.clone());
         }
         Ok(cfg)
     }
@@ -247,12 +266,47 @@ fn check(settings: &Settings) -> Result<ExitCode> {
         Some(Err(e)) => println!("map inventory: iterator FAILED (no entries/pressure): {e}"),
         None => {}
     }
+    let xdp_failed = if settings.xdp_interfaces.is_empty() {
+        false
+    } else {
+        match start_xdp(settings, &mut registry, &telemetry) {
+            Ok(dp) => {
+                for (name, mode) in &dp.attached {
+                    println!("xdp: attached to {name} ({mode})");
+                }
+                drop(dp);
+                false
+            }
+            Err(e) => {
+                println!("xdp: FAILED: {e}");
+                true
+            }
+        }
+    };
+    let failed = failed + usize::from(xdp_failed);
     drop(bpf); // detaches everything
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn start_xdp(
+    settings: &Settings,
+    registry: &mut Registry,
+    telemetry: &Telemetry,
+) -> Result<xdp::Datapath, xdp::XdpError> {
+    xdp::start(
+        &settings.xdp_interfaces,
+        settings.xdp_mode,
+        settings
+            .xdp_blocklist
+            .as_ref()
+            .map(|(p, l)| (p.as_path(), l)),
+        registry,
+        &telemetry.scrape_errors,
+    )
 }
 
 fn serve(settings: Settings) -> Result<ExitCode> {
@@ -326,6 +380,12 @@ async fn run(settings: Settings) -> Result<ExitCode> {
     )
     .context("registering the ring buffer with tokio")?;
 
+    let mut datapath = if settings.xdp_interfaces.is_empty() {
+        None
+    } else {
+        Some(start_xdp(&settings, &mut registry, &telemetry)?)
+    };
+
     let (stop_tx, stop_rx) = watch::channel(false);
     let consumer = tokio::spawn(pipeline.run(stop_rx.clone()));
 
@@ -351,8 +411,18 @@ async fn run(settings: Settings) -> Result<ExitCode> {
             .await
     });
 
-    wait_for_signal().await?;
+    let mut signals = Signals::install()?;
+    loop {
+        match signals.next().await {
+            Signal::Stop => break,
+            Signal::Reload => match datapath.as_mut().and_then(|d| d.blocklist.as_mut()) {
+                Some(list) => list.reload(),
+                None => tracing::info!("SIGHUP: no XDP blocklist configured, nothing to reload"),
+            },
+        }
+    }
     tracing::info!("shutting down");
+    drop(datapath);
     let _ = stop_tx.send(true);
     let _ = consumer.await;
     match server.await {
@@ -364,15 +434,35 @@ async fn run(settings: Settings) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+enum Signal {
+    Stop,
+    Reload,
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
     }
-    Ok(())
+
+    /// SIGINT and SIGTERM stop; SIGHUP reloads.
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
 }
 
 #[cfg(test)]

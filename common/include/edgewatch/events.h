@@ -8,8 +8,9 @@
  * - fixed-width integer types only: no bool, no enum, no pointer, no long;
  * - every hole is an explicit `_pad` field, so the Rust mirror derives
  *   bytemuck::Pod (which refuses implicit padding);
- * - every record's size is a multiple of 8 (ring-buffer records are
- *   8-byte aligned anyway; this keeps the tail padding explicit too).
+ * - every ring-buffer record's size is a multiple of 8 (records are 8-byte
+ *   aligned in the ring anyway; this keeps the tail padding explicit too).
+ *   Map keys and values (XDP counters, LPM keys) follow the kernel's layout.
  */
 #ifndef EDGEWATCH_EVENTS_H
 #define EDGEWATCH_EVENTS_H
@@ -106,6 +107,34 @@ struct ew_map_entries {
 	__u32 map_id;
 	__u32 flags;   /* EW_ENTRIES_KNOWN when `entries` is exact */
 	__u64 entries;
+};
+
+/* XDP datapath counters (not streamed: read from the per-CPU array at
+ * scrape time). Index = (slot * EW_XDP_ACTIONS + action) * EW_XDP_PROTOS + proto,
+ * slot from ew_xdp_ifslot[ifindex]. */
+#define EW_XDP_MAX_IFACES 64
+#define EW_XDP_ACTIONS 5 /* XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT */
+#define EW_XDP_PROTOS 5
+#define EW_XDP_PROTO_TCP 0
+#define EW_XDP_PROTO_UDP 1
+#define EW_XDP_PROTO_ICMP 2
+#define EW_XDP_PROTO_ICMPV6 3
+#define EW_XDP_PROTO_OTHER 4
+
+struct ew_xdp_counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Blocklist keys (LPM tries). */
+struct ew_lpm_v4 {
+	__u32 prefixlen;
+	__u8 addr[4];
+};
+
+struct ew_lpm_v6 {
+	__u32 prefixlen;
+	__u8 addr[16];
 };
 
 #endif /* EDGEWATCH_EVENTS_H */

@@ -57,6 +57,20 @@ PANELS = [
         ("Maps on the host", "stat", "none",
          [("count(edgewatch_bpf_map_info{instance=~\"$instance\"})", "maps")]),
     ]),
+ ("XDP datapath", [
+        ("Packets/s by action and protocol", "timeseries", "pps",
+         [("sum by (interface, action, proto) (rate(edgewatch_xdp_packets_total{instance=~\"$instance\"}[$__rate_interval]))", "{{interface}} {{action}} {{proto}}")]),
+        ("Bits/s by interface and action", "timeseries", "bps",
+         [("8 * sum by (interface, action) (rate(edgewatch_xdp_bytes_total{instance=~\"$instance\"}[$__rate_interval]))", "{{interface}} {{action}}")]),
+        ("Dropped share (blocklist)", "timeseries", "percentunit",
+         [("sum by (interface) (rate(edgewatch_xdp_packets_total{instance=~\"$instance\",action=\"drop\"}[$__rate_interval])) / sum by (interface) (rate(edgewatch_xdp_packets_total{instance=~\"$instance\"}[$__rate_interval]))", "{{interface}}")]),
+        ("Blocklist prefixes", "stat", "none",
+         [("sum by (family) (edgewatch_xdp_blocklist_entries{instance=~\"$instance\"})", "{{family}}")]),
+        ("Attached interfaces", "stat", "none",
+         [("sum by (interface, mode) (edgewatch_xdp_attached{instance=~\"$instance\"})", "{{interface}} ({{mode}})")]),
+        ("Blocklist reloads", "stat", "none",
+         [("sum by (result) (increase(edgewatch_xdp_blocklist_reloads_total{instance=~\"$instance\"}[1h]))", "{{result}}")]),
+    ]),
 ]
 
 

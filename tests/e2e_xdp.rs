@@ -280,7 +280,11 @@ fn scenario(mode: &str, salt: u8) {
     // header in skb mode but not in driver mode, where it counts the skb
     // after eth_type_trans() pulled the header (drivers/net/veth.c,
     // veth_xdp_rcv_skb).
-    let eth_not_counted = if mode == "driver" { 14 * (rx.0 - rx0.0) } else { 0 };
+    let eth_not_counted = if mode == "driver" {
+        14 * (rx.0 - rx0.0)
+    } else {
+        0
+    };
     assert_eq!(
         total(&m, "bytes"),
         rx.1 - rx0.1 + eth_not_counted,
@@ -393,5 +397,71 @@ fn unknown_interface_is_a_clear_error() {
     assert!(
         stderr.contains("no network interface named \"ew-nosuch0\""),
         "{stderr}"
+    );
+}
+
+/// The real program through BPF_PROG_TEST_RUN (which runs it as if received
+/// on the namespace's loopback): VLAN tags, IPv6, ICMPv6, truncated frames
+/// and the IPv6 blocklist, each counted under the right action and protocol.
+#[test]
+fn parses_vlan_ipv6_and_truncated_frames() {
+    use aya::{
+        Ebpf,
+        maps::{HashMap, MapData, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie},
+        programs::{ProgramError, TestRun, TestRunOptions, Xdp},
+    };
+    use common::frames::{ether, ipv4, ipv6};
+
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let mut bpf = Ebpf::load(edgewatch_ebpf::xdp()).unwrap();
+    let mut slots: HashMap<MapData, u32, u32> =
+        HashMap::try_from(bpf.take_map("ew_xdp_ifslot").unwrap()).unwrap();
+    slots.insert(1, 0, 0).unwrap(); // test_run frames arrive on loopback (ifindex 1)
+    let mut v6: LpmTrie<MapData, [u8; 16], u8> =
+        LpmTrie::try_from(bpf.take_map("ew_block_v6").unwrap()).unwrap();
+    let mut blocked = [0u8; 16];
+    blocked[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    v6.insert(&Key::new(32, blocked), 1, 0).unwrap();
+    let stats: PerCpuArray<MapData, [u64; 2]> =
+        PerCpuArray::try_from(bpf.take_map("ew_xdp_stats").unwrap()).unwrap();
+    let prog: &mut Xdp = bpf.program_mut("ew_xdp").unwrap().try_into().unwrap();
+    prog.load().unwrap();
+
+    let run = |frame: &[u8]| -> Result<u32, ProgramError> {
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        prog.test_run(opts).map(|r| r.return_value)
+    };
+    let mut src6 = [0u8; 16];
+    src6[0] = 0xfd;
+    let udp_v4_vlan = ether(&[100], 0x0800, &ipv4([10, 99, 0, 1], 17, 30));
+    let tcp_v4_qinq = ether(&[10, 20], 0x0800, &ipv4([10, 99, 0, 1], 6, 40));
+    let icmp6 = ether(&[], 0x86dd, &ipv6(src6, 58, 16));
+    let blocked6 = ether(&[], 0x86dd, &ipv6(blocked, 17, 16));
+    let truncated = ether(&[], 0x0800, &[0x45, 0, 0]);
+    let arp = ether(&[], 0x0806, &[0u8; 28]);
+    let (xdp_pass, xdp_drop) = (2, 1);
+    assert_eq!(run(&udp_v4_vlan).unwrap(), xdp_pass);
+    assert_eq!(run(&tcp_v4_qinq).unwrap(), xdp_pass);
+    assert_eq!(run(&icmp6).unwrap(), xdp_pass);
+    assert_eq!(run(&blocked6).unwrap(), xdp_drop);
+    assert_eq!(run(&truncated).unwrap(), xdp_pass);
+    assert_eq!(run(&arp).unwrap(), xdp_pass);
+
+    let cell = |action: u32, proto: u32| {
+        let v = stats.get(&((action * 5) + proto), 0).unwrap();
+        v.iter().fold((0u64, 0u64), |a, c| (a.0 + c[0], a.1 + c[1]))
+    };
+    let (tcp, udp, icmpv6, other) = (0, 1, 3, 4);
+    assert_eq!(cell(xdp_pass, udp), (1, udp_v4_vlan.len() as u64));
+    assert_eq!(cell(xdp_pass, tcp), (1, tcp_v4_qinq.len() as u64));
+    assert_eq!(cell(xdp_pass, icmpv6), (1, icmp6.len() as u64));
+    assert_eq!(cell(xdp_drop, udp), (1, blocked6.len() as u64));
+    assert_eq!(
+        cell(xdp_pass, other),
+        (2, (truncated.len() + arp.len()) as u64)
     );
 }

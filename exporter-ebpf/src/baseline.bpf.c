@@ -20,4 +20,10 @@ int ew_empty_connect(void *ctx)
 	return 0;
 }
 
+SEC("xdp")
+int ew_empty_xdp(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}
+
 char LICENSE[] SEC("license") = "GPL";

@@ -21,6 +21,16 @@ use crate::{
     telemetry::{LostCollector, LostSource, ProbeModeLabels, Telemetry},
 };
 
+/// XDP counter cells: packets = index + 1, bytes = 100 x packets.
+struct FixedCounters;
+
+impl crate::xdp::CounterSource for FixedCounters {
+    fn read(&self, index: u32) -> Result<(u64, u64), aya::maps::MapError> {
+        let p = u64::from(index) + 1;
+        Ok((p, 100 * p))
+    }
+}
+
 /// A fixed host: three maps, two programs.
 struct FixedInventory;
 
@@ -251,6 +261,27 @@ fn exposition(cfg: Config) -> String {
     );
     registry.register_collector(Box::new(InventoryCollector::new(
         Box::new(FixedInventory),
+        telemetry.scrape_errors.clone(),
+    )));
+    let xdp = crate::xdp::XdpMetrics::register(&mut registry);
+    xdp.attached
+        .get_or_create(&crate::xdp::IfaceMode {
+            interface: "eth0".into(),
+            mode: "driver",
+        })
+        .set(1);
+    xdp.entries
+        .get_or_create(&crate::xdp::FamilyLabel { family: "ipv4" })
+        .set(3);
+    xdp.entries
+        .get_or_create(&crate::xdp::FamilyLabel { family: "ipv6" })
+        .set(1);
+    xdp.reloads
+        .get_or_create(&crate::xdp::ResultLabel { result: "ok" })
+        .inc();
+    registry.register_collector(Box::new(crate::xdp::XdpCollector::new(
+        Box::new(FixedCounters),
+        vec![(0, "eth0".into())],
         telemetry.scrape_errors.clone(),
     )));
     for p in &probes {

@@ -140,10 +140,40 @@ pub fn read_blocklist(path: &Path) -> Result<BTreeSet<IpNet>, BlocklistError> {
     parse_blocklist(&shown, &text)
 }
 
+/// The datapath's own metric families.
+#[derive(Clone, Debug, Default)]
+pub struct XdpMetrics {
+    pub attached: Family<IfaceMode, Gauge>,
+    pub entries: Family<FamilyLabel, Gauge>,
+    pub reloads: Family<ResultLabel, Counter>,
+}
+
+impl XdpMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "edgewatch_xdp_attached",
+            "1 for each interface the XDP program is attached to, with its mode",
+            m.attached.clone(),
+        );
+        registry.register(
+            "edgewatch_xdp_blocklist_entries",
+            "Source prefixes in the XDP blocklist, by address family",
+            m.entries.clone(),
+        );
+        registry.register(
+            "edgewatch_xdp_blocklist_reloads",
+            "Blocklist reloads (SIGHUP), by result; a rejected file leaves the running list in place",
+            m.reloads.clone(),
+        );
+        m
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct IfaceMode {
-    interface: String,
-    mode: &'static str,
+pub struct IfaceMode {
+    pub interface: String,
+    pub mode: &'static str,
 }
 
 impl EncodeLabelSet for IfaceMode {
@@ -154,8 +184,8 @@ impl EncodeLabelSet for IfaceMode {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct FamilyLabel {
-    family: &'static str,
+pub struct FamilyLabel {
+    pub family: &'static str,
 }
 
 impl EncodeLabelSet for FamilyLabel {
@@ -165,8 +195,8 @@ impl EncodeLabelSet for FamilyLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct ResultLabel {
-    result: &'static str,
+pub struct ResultLabel {
+    pub result: &'static str,
 }
 
 impl EncodeLabelSet for ResultLabel {
@@ -423,12 +453,8 @@ pub fn start(
         ));
     }
     let mut bpf = Ebpf::load(edgewatch_ebpf::xdp())?;
-    let attached = Family::<IfaceMode, Gauge>::default();
-    registry.register(
-        "edgewatch_xdp_attached",
-        "1 for each interface the XDP program is attached to, with its mode",
-        attached.clone(),
-    );
+    let metrics = XdpMetrics::register(registry);
+    let attached = metrics.attached.clone();
 
     let mut slots: BpfHashMap<MapData, u32, u32> =
         take(&mut bpf, "ew_xdp_ifslot", BpfHashMap::try_from)?;
@@ -502,25 +528,13 @@ pub fn start(
         errors.clone(),
     )));
 
-    let entries = Family::<FamilyLabel, Gauge>::default();
-    let reloads = Family::<ResultLabel, Counter>::default();
-    registry.register(
-        "edgewatch_xdp_blocklist_entries",
-        "Source prefixes in the XDP blocklist, by address family",
-        entries.clone(),
-    );
-    registry.register(
-        "edgewatch_xdp_blocklist_reloads",
-        "Blocklist reloads (SIGHUP), by result; a rejected file leaves the running list in place",
-        reloads.clone(),
-    );
     let mut list = Blocklist {
         path: PathBuf::new(),
         v4,
         v6,
         current: BTreeSet::new(),
-        entries,
-        reloads,
+        entries: metrics.entries.clone(),
+        reloads: metrics.reloads.clone(),
     };
     list.update_gauges();
     let blocklist = match blocklist {

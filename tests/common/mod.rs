@@ -23,6 +23,7 @@ use std::{
 };
 
 pub mod bpf;
+pub mod frames;
 
 pub const SKIP_VAR: &str = "EDGEWATCH_SKIP_PRIVILEGED_TESTS";
 

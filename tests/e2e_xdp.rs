@@ -221,7 +221,8 @@ fn scenario(mode: &str, salt: u8) {
     let mut ew = Edgewatch::start_in(
         &link.b,
         &[
-            "--probes=",
+            // The map probe shows the blocklist's own map writes.
+            "--probes=map",
             "--xdp.interface",
             "ewx1",
             "--xdp.mode",
@@ -351,6 +352,19 @@ fn scenario(mode: &str, salt: u8) {
     .expect("unblocked packets pass");
     assert_eq!(xdp(&m, "packets", "drop", "udp"), 4);
     assert_eq!(drain(&receiver), 2);
+
+    // Only the differences were written, and they show in the map probe's
+    // metrics like any other writer's: one insert, then one delete and one
+    // insert per family changed; the rejected file wrote nothing.
+    let map_op = |metric: &str, map: &str| m.count(metric, &[("map_name", map), ("result", "ok")]);
+    assert_eq!(
+        map_op("edgewatch_bpf_map_updates_total", "ew_block_v4"),
+        2,
+        "{}",
+        m.text
+    );
+    assert_eq!(map_op("edgewatch_bpf_map_deletes_total", "ew_block_v4"), 1);
+    assert_eq!(map_op("edgewatch_bpf_map_updates_total", "ew_block_v6"), 1);
 
     // SIGKILL: the BPF link dies with the process; nothing stays attached.
     ew.signal_and_wait(libc::SIGKILL);

@@ -30,15 +30,6 @@ use common::{
     bpf::{BPF_ANY, HASH, create, update},
 };
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -116,8 +107,8 @@ fn main() {
     if !common::privileged() {
         return;
     }
-    let n = arg("--updates", 200_000);
-    let rounds = arg("--rounds", 5);
+    let n = common::bench_arg("--updates", 200_000);
+    let rounds = common::bench_arg("--rounds", 5);
     let map = create(HASH, "ewbenchupd", 4, 4, 16, 0);
     measure(&map, n / 10);
 

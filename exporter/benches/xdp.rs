@@ -25,15 +25,6 @@ use aya::{
 };
 use common::frames::{ether, ipv4};
 
-fn arg(name: &str, default: u32) -> u32 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn ns_per_run(prog: &Xdp, frame: &[u8], repeat: u32) -> u128 {
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);
@@ -48,8 +39,8 @@ fn main() {
     if !common::privileged() {
         return;
     }
-    let repeat = arg("--repeat", 5_000_000);
-    let rounds = arg("--rounds", 5);
+    let repeat = common::bench_arg("--repeat", 5_000_000);
+    let rounds = common::bench_arg("--rounds", 5);
 
     let mut ew = Ebpf::load(edgewatch_ebpf::xdp()).unwrap();
     let mut slots: HashMap<MapData, u32, u32> =

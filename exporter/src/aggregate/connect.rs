@@ -19,7 +19,7 @@ use prometheus_client::{
 
 use super::{
     comm_label, family_label,
-    labels::{Foldable, MetricLabel, OVERFLOW, SeriesCap, encode_label, encode_opt},
+    labels::{Foldable, MetricLabel, SeriesCap, encode_label, encode_opt, fold, peer_port},
     ns_to_seconds,
 };
 use crate::{config::OptInLabels, errno};
@@ -69,10 +69,6 @@ pub struct DurationLabels {
     pub family: &'static str,
     pub outcome: &'static str,
     pub comm: Option<Arc<str>>,
-}
-
-fn fold(v: &Option<Arc<str>>) -> Option<Arc<str>> {
-    v.as_ref().map(|_| Arc::from(OVERFLOW))
 }
 
 impl Foldable for CallLabels {
@@ -235,12 +231,7 @@ impl ConnectAggregator {
         let family = family_label(t.family);
         let outcome = outcome(t.newstate, t.sk_err);
         let comm = self.labels.comm.then(|| comm_label(&t.comm));
-        let (peer, port) = if self.labels.peer {
-            let p = peer(t.family, &t.daddr).map(|a| Arc::from(a.to_string()));
-            (p, Some(Arc::from(t.dport.to_string())))
-        } else {
-            (None, None)
-        };
+        let (peer, port) = peer_port(self.labels.peer, t.family, &t.daddr, t.dport);
         let labels = TcpLabels {
             family,
             outcome,

@@ -34,6 +34,25 @@ pub fn encode_opt(
     }
 }
 
+/// An opt-in label's folded value: `_overflow` where the label is present.
+pub fn fold(v: &Option<std::sync::Arc<str>>) -> Option<std::sync::Arc<str>> {
+    v.as_ref().map(|_| std::sync::Arc::from(OVERFLOW))
+}
+
+/// The opt-in `peer` and `port` label values of a connection, when on.
+pub fn peer_port(
+    on: bool,
+    family: u16,
+    daddr: &[u8; 16],
+    dport: u16,
+) -> (Option<std::sync::Arc<str>>, Option<std::sync::Arc<str>>) {
+    if !on {
+        return (None, None);
+    }
+    let peer = super::connect::peer(family, daddr).map(|a| std::sync::Arc::from(a.to_string()));
+    (peer, Some(std::sync::Arc::from(dport.to_string())))
+}
+
 /// Labels of `edgewatch_series_dropped_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct MetricLabel {

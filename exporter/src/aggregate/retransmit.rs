@@ -30,9 +30,8 @@ use prometheus_client::{
 };
 
 use super::{
-    connect::peer,
     family_label,
-    labels::{Foldable, MetricLabel, OVERFLOW, SeriesCap, encode_label, encode_opt},
+    labels::{Foldable, MetricLabel, SeriesCap, encode_label, encode_opt, fold, peer_port},
 };
 use crate::{config::OptInLabels, errno};
 
@@ -96,10 +95,6 @@ pub struct SegmentLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct ReasonLabel {
     pub reason: &'static str,
-}
-
-fn fold(v: &Option<Arc<str>>) -> Option<Arc<str>> {
-    v.as_ref().map(|_| Arc::from(OVERFLOW))
 }
 
 impl Foldable for RetransmitLabels {
@@ -207,12 +202,7 @@ impl RetransmitAggregator {
             }
         };
         let family = family_label(r.family);
-        let (peer, port) = if self.labels.peer {
-            let p = peer(r.family, &r.daddr).map(|a| Arc::from(a.to_string()));
-            (p, Some(Arc::from(r.dport.to_string())))
-        } else {
-            (None, None)
-        };
+        let (peer, port) = peer_port(self.labels.peer, r.family, &r.daddr, r.dport);
         let l = RetransmitLabels {
             family,
             state: state_name(r.state),

@@ -22,10 +22,13 @@
  * Included by edgewatch.bpf.c.
  */
 
-/* connect() arguments between sys_enter and sys_exit, by thread. LRU so a
- * thread that dies inside connect() cannot leak an entry forever. */
+/* connect() arguments between sys_enter and sys_exit, by thread. A plain
+ * preallocated hash, not an LRU: an LRU evicts silently when full, while a
+ * failed insert into a full hash is counted in ew_lost (and the LRU's list
+ * upkeep is not cheaper). Entries are deleted at sys_exit, which runs even
+ * for a thread killed inside connect(). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, __u32);
@@ -38,9 +41,11 @@ struct ew_syn_sent {
 	char comm[EW_COMM_LEN];
 };
 
-/* Sockets in SYN_SENT, by socket address. */
+/* Sockets in SYN_SENT, by socket address. Every socket leaves SYN_SENT
+ * through tcp_set_state() (to ESTABLISHED or CLOSE, including the failure
+ * paths of tcp_v4_connect/tcp_v6_connect), which deletes its entry. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct ew_syn_sent);
@@ -58,7 +63,8 @@ int ew_connect_enter(struct trace_event_raw_sys_enter *ctx)
 	 * EFAULT and the call is still counted, as family "other". */
 	bpf_probe_read_user(&family, sizeof(family), &addr->sa_family);
 	val = family;
-	bpf_map_update_elem(&ew_connect_args, &id, &val, BPF_ANY);
+	if (bpf_map_update_elem(&ew_connect_args, &id, &val, BPF_ANY))
+		ew_count_lost(EW_PROBE_CONNECT);
 	return 0;
 }
 
@@ -105,7 +111,8 @@ int ew_sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
 		v.start_ns = bpf_ktime_get_ns();
 		v.tgid = bpf_get_current_pid_tgid() >> 32;
 		bpf_get_current_comm(v.comm, sizeof(v.comm));
-		bpf_map_update_elem(&ew_syn_sent, &sk, &v, BPF_ANY);
+		if (bpf_map_update_elem(&ew_syn_sent, &sk, &v, BPF_ANY))
+			ew_count_lost(EW_PROBE_CONNECT);
 		return 0;
 	}
 	if (oldstate != TCP_SYN_SENT)

@@ -48,8 +48,11 @@ struct ew_map_call {
 	char map_name[16];
 };
 
+/* A plain hash, not an LRU, for the reason given in connect.bpf.c: a full
+ * map fails the insert, which is counted in ew_lost, instead of evicting a
+ * call in flight silently. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct ew_map_call);
@@ -120,7 +123,8 @@ static __always_inline void ew_map_enter(int cmd, __u64 uattr)
 		call.map_type = BPF_CORE_READ(map, map_type);
 		BPF_CORE_READ_STR_INTO(&call.map_name, map, name);
 	}
-	bpf_map_update_elem(&ew_map_calls, &id, &call, BPF_ANY);
+	if (bpf_map_update_elem(&ew_map_calls, &id, &call, BPF_ANY))
+		ew_count_lost(EW_PROBE_MAP);
 }
 
 /* Exit of the same call: emit the record. */

@@ -44,21 +44,29 @@ fn measure(addr: std::net::SocketAddr, n: usize) -> f64 {
     start.elapsed().as_nanos() as f64 / n as f64
 }
 
-/// (run_time_ns, run_count) summed over loaded programs whose name starts
-/// with one of edgewatch's connect-probe names.
-fn probe_stats() -> (u64, u64) {
-    let mut t = (0, 0);
+/// (run_time_ns, run_count) per program, for loaded programs whose name
+/// starts with one of edgewatch's connect-probe names.
+fn per_program() -> std::collections::BTreeMap<String, (u64, u64)> {
+    let mut m = std::collections::BTreeMap::new();
     for p in aya::programs::loaded_programs().flatten() {
-        let name = p.name_as_str().unwrap_or("");
+        let name = p.name_as_str().unwrap_or("").to_string();
         if ["ew_connect_", "ew_sock_state"]
             .iter()
             .any(|n| name.starts_with(n))
         {
-            t.0 += p.run_time().as_nanos() as u64;
-            t.1 += p.run_count();
+            let e = m.entry(name).or_insert((0, 0));
+            e.0 += p.run_time().as_nanos() as u64;
+            e.1 += p.run_count();
         }
     }
-    t
+    m
+}
+
+/// (run_time_ns, run_count) summed over the connect probe's programs.
+fn probe_stats() -> (u64, u64) {
+    per_program()
+        .values()
+        .fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -103,9 +111,20 @@ fn main() {
             }
         }
         std::thread::spawn(move || for _ in lines {});
+        let before_each = per_program();
         let before = probe_stats();
         let w = measure(addr, n);
         let after = probe_stats();
+        if r == rounds - 1 {
+            for (name, (t1, c1)) in per_program() {
+                let (t0, c0) = before_each.get(&name).copied().unwrap_or((0, 0));
+                println!(
+                    "  {name}: {:.0} ns per run, {:.2} runs per connect",
+                    (t1 - t0) as f64 / (c1 - c0).max(1) as f64,
+                    (c1 - c0) as f64 / n as f64
+                );
+            }
+        }
         let bpf_ns = (after.0 - before.0) as f64 / n as f64;
         let runs = (after.1 - before.1) as f64 / n as f64;
         // SAFETY: kill(2) on our child.

@@ -165,7 +165,7 @@ impl Collector for LostCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut family = encoder.encode_descriptor(
             "edgewatch_ringbuf_lost_events",
-            "Records the kernel could not reserve in the ring buffer (full), by probe.",
+            "Events the kernel could not record (ring buffer full, or its in-flight call table full), by probe.",
             None,
             MetricType::Counter,
         )?;

@@ -170,20 +170,28 @@ fn main() {
         println!("together: {:.0} ns per update", total as f64 / n as f64);
     }
 
-    println!("\n## inventory scrape (median of 20 scrapes)");
+    println!("\n## inventory scrape (median of 30 scrapes)");
     let ew = Edgewatch::start(&["--probes", "map"]);
-    let base = scrape_ms(&ew, 20);
+    let base = scrape_ms(&ew, 30);
     let maps: Vec<_> = (0..1000)
         .map(|i| create(HASH, &format!("ewb{i}"), 4, 4, 1024, 0))
         .collect();
-    let empty = scrape_ms(&ew, 20);
+    let empty = scrape_ms(&ew, 30);
     let v = [1u8; 4];
     for m in &maps {
         for k in 0..1000u32 {
             assert_eq!(update(m, &k.to_ne_bytes(), &v, BPF_ANY), 0);
         }
     }
-    let full = scrape_ms(&ew, 20);
+    let full = scrape_ms(&ew, 30);
+    // Empty them again: if the scrape got slower because of the entries,
+    // it gets faster again; if it was drift, it does not.
+    for m in &maps {
+        for k in 0..1000u32 {
+            assert_eq!(common::bpf::delete(m, &k.to_ne_bytes()), 0);
+        }
+    }
+    let emptied = scrape_ms(&ew, 30);
     let body = ew.get("/metrics");
     let series = body
         .lines()
@@ -192,6 +200,7 @@ fn main() {
     println!("no extra maps: {base:.2} ms");
     println!("1,000 empty hash maps: {empty:.2} ms");
     println!("1,000 hash maps x 1,000 entries: {full:.2} ms ({series} entries series)");
+    println!("the same maps emptied again: {emptied:.2} ms");
     println!(
         "per map: {:.1} us; full/empty: {:.2}x",
         (empty - base) * 1e3 / 1000.0,

@@ -216,7 +216,7 @@ fn load_inventory(settings: &Settings, bpf: &mut Ebpf) -> Option<Result<(), Stri
         .then(|| inventory::load_iterator(bpf).map_err(|e| format!("{e}")))
 }
 
-/// Attaches every probe; returns the names that failed.
+/// Attaches every probe, reporting each; returns how many failed.
 fn attach_all(
     bpf: &mut Ebpf,
     probes: &mut [Box<dyn Probe>],

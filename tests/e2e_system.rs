@@ -12,7 +12,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{binary, privileged, serial};
+use common::{Edgewatch, binary, privileged, serial};
 
 /// Runs `edgewatch --config.check` in a private mount namespace where
 /// tracefs (and debugfs) are unmounted first; `prefix` wraps the binary.
@@ -67,5 +67,48 @@ fn names_the_fix_when_tracefs_cannot_be_mounted() {
     assert!(
         errors[0].contains("mount -t tracefs tracefs /sys/kernel/tracing"),
         "{stderr}"
+    );
+}
+
+/// A probe whose hook is missing degrades honestly: the others run, the
+/// failed one reads `edgewatch_probe_attached{mode="none"} 0`, and the log
+/// names the hook. The TCP tracepoints are hidden by a tmpfs in a private
+/// mount namespace.
+#[test]
+fn a_probe_that_cannot_attach_is_visible_as_a_metric() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let ew = Edgewatch::start_after(
+        &["unshare", "-m", "--propagation", "private", "--"],
+        "(mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing) \
+         && mount -t tmpfs none /sys/kernel/tracing/events/tcp",
+        &["--probes", "connect,retransmit"],
+    );
+    let m = ew.scrape();
+    assert_eq!(
+        m.count(
+            "edgewatch_probe_attached",
+            &[("probe", "connect"), ("mode", "tracepoint")]
+        ),
+        1
+    );
+    assert!(
+        m.has(
+            "edgewatch_probe_attached",
+            &[("probe", "retransmit"), ("mode", "none")]
+        ),
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.count("edgewatch_probe_attached", &[("probe", "retransmit")]),
+        0
+    );
+    let log = ew.log.lock().unwrap().join("\n");
+    assert!(
+        log.contains("probe failed to attach") && log.contains("tcp:tcp_retransmit_skb"),
+        "{log}"
     );
 }

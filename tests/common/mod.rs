@@ -204,15 +204,40 @@ impl Edgewatch {
         Self::spawn(Some(ns.name.clone()), args)
     }
 
+    /// Runs edgewatch through a shell snippet that prepares its environment
+    /// first (e.g. in a private mount namespace): `setup` runs, then
+    /// edgewatch is exec'd with `args`.
+    pub fn start_after(wrapper: &[&str], setup: &str, args: &[&str]) -> Self {
+        let mut full: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
+        full.extend(
+            [
+                "sh",
+                "-c",
+                &format!("{setup} && exec \"$0\" \"$@\""),
+                binary(),
+            ]
+            .map(String::from),
+        );
+        Self::spawn_cmd(None, full, args)
+    }
+
     fn spawn(netns: Option<String>, args: &[&str]) -> Self {
-        let mut cmd = match &netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, binary()]);
-                c
-            }
-            None => Command::new(binary()),
+        let prefix = match &netns {
+            Some(ns) => vec![
+                "ip".into(),
+                "netns".into(),
+                "exec".into(),
+                ns.clone(),
+                binary().into(),
+            ],
+            None => vec![binary().to_string()],
         };
+        Self::spawn_cmd(netns, prefix, args)
+    }
+
+    fn spawn_cmd(netns: Option<String>, prefix: Vec<String>, args: &[&str]) -> Self {
+        let mut cmd = Command::new(&prefix[0]);
+        cmd.args(&prefix[1..]);
         cmd.args(["--web.listen-address", "127.0.0.1:0", "--log.level", "info"])
             .args(args)
             .env_remove("RUST_LOG")

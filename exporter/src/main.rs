@@ -245,7 +245,7 @@ fn attach_all(
                         mode: "none",
                     })
                     .set(0);
-                report(p.name(), Err(format!("{e:#}")));
+                report(p.name(), Err(probe::error_chain(&e)));
             }
         }
     }

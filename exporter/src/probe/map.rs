@@ -65,7 +65,7 @@ pub fn explain(e: &ProgramError) -> String {
         {
             format!("kprobes are not available: {} does not exist (CONFIG_KPROBES off?)", filename.display())
         }
-        e => format!("{e}"),
+        e => super::error_chain(e),
     }
 }
 

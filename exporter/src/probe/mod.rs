@@ -58,6 +58,22 @@ pub enum ProbeError {
     },
 }
 
+/// An error with its causes, each appended unless the message already says it
+/// (aya's file errors name the file but keep the errno in their source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
 pub trait Probe: Send {
     /// The name `--probes` knows it by.
     fn name(&self) -> &'static str;
@@ -136,4 +152,28 @@ pub fn attach_tracepoint(
             source: Box::new(source),
         })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Outer(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn chains_causes_without_repeating_them() {
+        let e = Outer(Inner(std::io::Error::from_raw_os_error(libc::ENOENT)));
+        let text = error_chain(&e);
+        assert!(
+            text.starts_with("outer: inner: No such file or directory"),
+            "{text}"
+        );
+        assert_eq!(text.matches("inner").count(), 1);
+    }
 }

@@ -39,6 +39,27 @@ pub struct Config {
     pub ringbuf: RingbufConfig,
     pub bpf: BpfConfig,
     pub xdp: XdpConfig,
+    pub otlp: OtlpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct OtlpConfig {
+    /// OTLP/HTTP endpoint of a collector, e.g. http://127.0.0.1:4318;
+    /// metrics go to <endpoint>/v1/metrics. Off when unset.
+    pub endpoint: Option<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            interval_ms: 15_000,
+            timeout_ms: 5_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -120,6 +141,7 @@ impl Default for Config {
             ringbuf: RingbufConfig::default(),
             bpf: BpfConfig::default(),
             xdp: XdpConfig::default(),
+            otlp: OtlpConfig::default(),
         }
     }
 }
@@ -347,6 +369,42 @@ impl Config {
             None => None,
         };
 
+        let otlp = match &self.otlp.endpoint {
+            None => None,
+            Some(e) => {
+                let url = format!("{}/v1/metrics", e.trim_end_matches('/'));
+                match url.parse::<axum::http::Uri>() {
+                    Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {
+                        Some(uri)
+                    }
+                    Ok(uri) if uri.scheme_str() == Some("https") => {
+                        errors.push(format!(
+                            "otlp.endpoint: {e:?}: https is not supported yet; use a collector's plain OTLP/HTTP port"
+                        ));
+                        None
+                    }
+                    _ => {
+                        errors.push(format!(
+                            "otlp.endpoint: {e:?} is not an http:// URL (e.g. http://127.0.0.1:4318)"
+                        ));
+                        None
+                    }
+                }
+            }
+        };
+        if !(100..=3_600_000).contains(&self.otlp.interval_ms) {
+            errors.push(format!(
+                "otlp.interval_ms: {} must be from 100 to 3600000",
+                self.otlp.interval_ms
+            ));
+        }
+        if !(100..=60_000).contains(&self.otlp.timeout_ms) {
+            errors.push(format!(
+                "otlp.timeout_ms: {} must be from 100 to 60000",
+                self.otlp.timeout_ms
+            ));
+        }
+
         match listen {
             Some(listen) if errors.is_empty() => Ok(Settings {
                 listen,
@@ -363,6 +421,9 @@ impl Config {
                 xdp_interfaces,
                 xdp_mode,
                 xdp_blocklist,
+                otlp,
+                otlp_interval: Duration::from_millis(self.otlp.interval_ms),
+                otlp_timeout: Duration::from_millis(self.otlp.timeout_ms),
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -394,6 +455,10 @@ pub struct Settings {
     pub xdp_interfaces: Vec<(String, u32)>,
     pub xdp_mode: crate::xdp::ModeChoice,
     pub xdp_blocklist: Option<(PathBuf, BTreeSet<IpNet>)>,
+    /// `<endpoint>/v1/metrics` when OTLP push is on.
+    pub otlp: Option<axum::http::Uri>,
+    pub otlp_interval: Duration,
+    pub otlp_timeout: Duration,
 }
 
 /// The ifindex of a network interface in this network namespace.

@@ -263,6 +263,13 @@ fn exposition(cfg: Config) -> String {
         Box::new(FixedInventory),
         telemetry.scrape_errors.clone(),
     )));
+    let export_errors = crate::export::otlp::register_errors(&mut registry);
+    export_errors
+        .get_or_create(&crate::export::otlp::ExportErrorLabels {
+            exporter: "otlp",
+            reason: "connect",
+        })
+        .inc();
     let xdp = crate::xdp::XdpMetrics::register(&mut registry);
     xdp.attached
         .get_or_create(&crate::xdp::IfaceMode {

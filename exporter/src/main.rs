@@ -93,6 +93,13 @@ struct Cli {
     /// XDP source-prefix blocklist file (one CIDR a line; SIGHUP reloads it).
     #[arg(long = "xdp.blocklist-file", value_name = "PATH")]
     xdp_blocklist: Option<PathBuf>,
+    /// Push metrics over OTLP/HTTP to this collector endpoint
+    /// (e.g. http://127.0.0.1:4318) [default: off].
+    #[arg(long = "otlp.endpoint", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// OTLP push period in milliseconds [default: 15000].
+    #[arg(long = "otlp.interval-ms", value_name = "MS")]
+    otlp_interval_ms: Option<u64>,
 }
 
 impl Cli {
@@ -143,6 +150,12 @@ impl Cli {
         }
         if let Some(v) = &self.xdp_blocklist {
             cfg.xdp.blocklist_file = Some(v.clone());
+        }
+        if let Some(v) = &self.otlp_endpoint {
+            cfg.otlp.endpoint = Some(v.clone());
+        }
+        if let Some(v) = self.otlp_interval_ms {
+            cfg.otlp.interval_ms = v;
         }
         Ok(cfg)
     }
@@ -389,8 +402,24 @@ async fn run(settings: Settings) -> Result<ExitCode> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let consumer = tokio::spawn(pipeline.run(stop_rx.clone()));
 
+    let export_errors = export::otlp::register_errors(&mut registry);
+    let registry = Arc::new(registry);
+    let otlp = settings.otlp.clone().map(|uri| {
+        tracing::info!(endpoint = %uri, interval = ?settings.otlp_interval, "pushing metrics over OTLP/HTTP");
+        tokio::spawn(export::otlp::run(
+            export::otlp::OtlpSettings {
+                uri,
+                interval: settings.otlp_interval,
+                timeout: settings.otlp_timeout,
+            },
+            registry.clone(),
+            flush.clone(),
+            export_errors,
+            stop_rx.clone(),
+        ))
+    });
     let app = export::prometheus::router(export::prometheus::AppState {
-        registry: Arc::new(registry),
+        registry,
         flush: Some(flush),
         telemetry_path: settings.telemetry_path.clone(),
     });
@@ -424,6 +453,9 @@ async fn run(settings: Settings) -> Result<ExitCode> {
     tracing::info!("shutting down");
     drop(datapath);
     let _ = stop_tx.send(true);
+    if let Some(otlp) = otlp {
+        let _ = otlp.await;
+    }
     let _ = consumer.await;
     match server.await {
         Ok(Ok(())) => {}

@@ -1,3 +1,5 @@
-//! Exporters: Prometheus scrape endpoint.
+//! Exporters: the Prometheus scrape endpoint and the OTLP push.
 
+pub mod openmetrics;
+pub mod otlp;
 pub mod prometheus;

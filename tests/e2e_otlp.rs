@@ -20,14 +20,15 @@ use std::{
 
 use common::{Edgewatch, Netns, poll, privileged, serial, set_thread_comm};
 use opentelemetry_proto::tonic::{
-    collector::metrics::v1::ExportMetricsServiceRequest,
-    common::v1::any_value,
+    collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
+    common::v1::{KeyValue, any_value},
     metrics::v1::{metric, number_data_point},
+    trace::v1::status::StatusCode,
 };
 use prost::Message;
 
 /// Accepts OTLP/HTTP posts and forwards each decoded request.
-fn collector() -> (u16, mpsc::Receiver<(String, ExportMetricsServiceRequest)>) {
+fn collector() -> (u16, mpsc::Receiver<(String, Vec<u8>)>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::channel();
@@ -67,8 +68,7 @@ fn collector() -> (u16, mpsc::Receiver<(String, ExportMetricsServiceRequest)>) {
                         .unwrap_or("")
                         .to_string();
                     assert_eq!(content_type, "application/x-protobuf");
-                    let req = ExportMetricsServiceRequest::decode(body.as_slice()).unwrap();
-                    let _ = tx.send((path, req));
+                    let _ = tx.send((path, body));
                     conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
                         .unwrap();
                 }
@@ -137,8 +137,9 @@ fn pushes_exactly_what_a_scrape_shows() {
         ("family", "ipv4"),
     ];
     let req = poll(Duration::from_secs(20), || {
-        while let Ok((path, req)) = rx.try_recv() {
+        while let Ok((path, body)) = rx.try_recv() {
             assert_eq!(path, "/v1/metrics");
+            let req = ExportMetricsServiceRequest::decode(body.as_slice()).unwrap();
             if sum_value(&req, "edgewatch_connect_calls", &attrs) == Some(K) {
                 return Some(req);
             }
@@ -221,4 +222,90 @@ fn a_collector_that_is_down_is_counted_not_fatal() {
         1,
         "logged once per minute, not per push"
     );
+}
+
+fn attr_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    attrs
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| match &a.value.as_ref()?.value {
+            Some(any_value::Value::StringValue(s)) => Some(s.as_str()),
+            _ => None,
+        })
+}
+
+/// One span per TCP handshake, with the process, peer and outcome; failed
+/// handshakes carry an error status.
+#[test]
+fn pushes_a_span_per_handshake() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let (port, rx) = collector();
+    let _ew = Edgewatch::start(&[
+        "--probes",
+        "connect",
+        "--otlp.endpoint",
+        &format!("http://127.0.0.1:{port}"),
+        "--otlp.interval-ms",
+        "200",
+        "--otlp.traces",
+    ]);
+    let ns = Netns::new("otlpspan");
+    let comm = format!("ewspan{}", std::process::id() % 100_000);
+    const OK: usize = 4;
+    const REFUSED: usize = 3;
+    let c = comm.clone();
+    ns.enter(move || {
+        set_thread_comm(&c);
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        for _ in 0..OK {
+            TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        }
+        for _ in 0..REFUSED {
+            let e = TcpStream::connect((Ipv4Addr::LOCALHOST, 1)).expect_err("refused");
+            assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
+        }
+    });
+    let mut ours = Vec::new();
+    poll(Duration::from_secs(20), || {
+        while let Ok((path, body)) = rx.try_recv() {
+            if path != "/v1/traces" {
+                continue;
+            }
+            let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+            for rs in req.resource_spans {
+                for ss in rs.scope_spans {
+                    ours.extend(ss.spans.into_iter().filter(|s| {
+                        attr_str(&s.attributes, "process.command") == Some(comm.as_str())
+                    }));
+                }
+            }
+        }
+        (ours.len() >= OK + REFUSED).then_some(())
+    })
+    .expect("spans for every handshake");
+    assert_eq!(ours.len(), OK + REFUSED);
+    let errors = ours
+        .iter()
+        .filter(|s| {
+            s.status
+                .as_ref()
+                .is_some_and(|st| st.code == StatusCode::Error as i32)
+        })
+        .count();
+    assert_eq!(errors, REFUSED);
+    for s in &ours {
+        assert_eq!(s.name, "tcp.connect");
+        assert_eq!(s.trace_id.len(), 16);
+        assert_eq!(s.span_id.len(), 8);
+        assert!(s.end_time_unix_nano >= s.start_time_unix_nano);
+        assert_eq!(
+            attr_str(&s.attributes, "network.peer.address"),
+            Some("127.0.0.1")
+        );
+    }
+    let ids: std::collections::HashSet<_> = ours.iter().map(|s| s.span_id.clone()).collect();
+    assert_eq!(ids.len(), ours.len(), "span ids are unique");
 }

@@ -50,6 +50,11 @@ pub struct OtlpConfig {
     pub endpoint: Option<String>,
     pub interval_ms: u64,
     pub timeout_ms: u64,
+    /// Also push spans (TCP handshakes, map update/delete calls) to
+    /// <endpoint>/v1/traces.
+    pub traces: bool,
+    /// Spans queued between pushes; past it they are dropped and counted.
+    pub max_queued_spans: usize,
 }
 
 impl Default for OtlpConfig {
@@ -58,6 +63,8 @@ impl Default for OtlpConfig {
             endpoint: None,
             interval_ms: 15_000,
             timeout_ms: 5_000,
+            traces: false,
+            max_queued_spans: 10_000,
         }
     }
 }
@@ -392,6 +399,19 @@ impl Config {
                 }
             }
         };
+        if self.otlp.traces && self.otlp.endpoint.is_none() {
+            errors.push("otlp.traces: needs otlp.endpoint".into());
+        }
+        if self.otlp.max_queued_spans == 0 {
+            errors.push("otlp.max_queued_spans: must be at least 1".into());
+        }
+        let otlp_traces = match (&otlp, self.otlp.traces) {
+            (Some(uri), true) => uri
+                .to_string()
+                .strip_suffix("/v1/metrics")
+                .and_then(|base| format!("{base}/v1/traces").parse::<axum::http::Uri>().ok()),
+            _ => None,
+        };
         if !(100..=3_600_000).contains(&self.otlp.interval_ms) {
             errors.push(format!(
                 "otlp.interval_ms: {} must be from 100 to 3600000",
@@ -422,6 +442,8 @@ impl Config {
                 xdp_mode,
                 xdp_blocklist,
                 otlp,
+                otlp_traces,
+                max_queued_spans: self.otlp.max_queued_spans,
                 otlp_interval: Duration::from_millis(self.otlp.interval_ms),
                 otlp_timeout: Duration::from_millis(self.otlp.timeout_ms),
             }),
@@ -457,6 +479,9 @@ pub struct Settings {
     pub xdp_blocklist: Option<(PathBuf, BTreeSet<IpNet>)>,
     /// `<endpoint>/v1/metrics` when OTLP push is on.
     pub otlp: Option<axum::http::Uri>,
+    /// `<endpoint>/v1/traces` when span export is on.
+    pub otlp_traces: Option<axum::http::Uri>,
+    pub max_queued_spans: usize,
     pub otlp_interval: Duration,
     pub otlp_timeout: Duration,
 }

@@ -100,6 +100,9 @@ struct Cli {
     /// OTLP push period in milliseconds [default: 15000].
     #[arg(long = "otlp.interval-ms", value_name = "MS")]
     otlp_interval_ms: Option<u64>,
+    /// Also push spans (TCP handshakes, map update/delete calls) over OTLP.
+    #[arg(long = "otlp.traces")]
+    otlp_traces: bool,
 }
 
 impl Cli {
@@ -156,6 +159,9 @@ impl Cli {
         }
         if let Some(v) = self.otlp_interval_ms {
             cfg.otlp.interval_ms = v;
+        }
+        if self.otlp_traces {
+            cfg.otlp.traces = true;
         }
         Ok(cfg)
     }
@@ -334,7 +340,13 @@ fn serve(settings: Settings) -> Result<ExitCode> {
 async fn run(settings: Settings) -> Result<ExitCode> {
     let mut bpf = load(&settings)?;
     let mut registry = Registry::default();
-    let telemetry = Telemetry::register(&mut registry);
+    let mut telemetry = Telemetry::register(&mut registry);
+    if settings.otlp_traces.is_some() {
+        telemetry.spans = aggregate::spans::SpanSink::enabled(
+            settings.max_queued_spans,
+            telemetry.spans_dropped.clone(),
+        );
+    }
     let mut probes = probe::build(&settings, &mut registry, &telemetry);
     let failed = attach_all(&mut bpf, &mut probes, &telemetry, &mut |name, r| match r {
         Ok(mode) => tracing::info!(probe = name, mode, "probe attached"),
@@ -409,6 +421,7 @@ async fn run(settings: Settings) -> Result<ExitCode> {
         tokio::spawn(export::otlp::run(
             export::otlp::OtlpSettings {
                 uri,
+                traces: settings.otlp_traces.clone().map(|u| (u, telemetry.spans.clone())),
                 interval: settings.otlp_interval,
                 timeout: settings.otlp_timeout,
             },

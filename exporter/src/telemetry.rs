@@ -59,6 +59,9 @@ pub struct Telemetry {
     pub decode_errors: Family<ProbeLabel, Counter>,
     pub series_dropped: Family<MetricLabel, Counter>,
     pub scrape_errors: Family<CollectorLabel, Counter>,
+    pub spans_dropped: Counter,
+    /// Off unless OTLP traces are on (see main.rs).
+    pub spans: crate::aggregate::spans::SpanSink,
 }
 
 impl Telemetry {
@@ -88,6 +91,11 @@ impl Telemetry {
             "edgewatch_series_dropped",
             "Events whose opt-in labels were folded into the overflow series because the metric reached its series cap",
             t.series_dropped.clone(),
+        );
+        registry.register(
+            "edgewatch_spans_dropped",
+            "Spans dropped because the OTLP export queue was full",
+            t.spans_dropped.clone(),
         );
         registry.register(
             "edgewatch_scrape_errors",

@@ -22,6 +22,10 @@ use super::{
     labels::{Foldable, MetricLabel, SeriesCap, encode_label, encode_opt, fold, peer_port},
     ns_to_seconds,
 };
+use super::{
+    map::Clock,
+    spans::{SpanRecord, SpanSink},
+};
 use crate::{config::OptInLabels, errno};
 
 /// connect() results with a label of their own; any other errno is `other`.
@@ -159,6 +163,8 @@ pub fn peer(family: u16, daddr: &[u8; 16]) -> Option<IpAddr> {
 
 pub struct ConnectAggregator {
     labels: OptInLabels,
+    clock: Clock,
+    spans: SpanSink,
     calls: Family<CallLabels, Counter>,
     connects: Family<TcpLabels, Counter>,
     duration: HistogramFamily<DurationLabels>,
@@ -174,6 +180,8 @@ impl ConnectAggregator {
         labels: OptInLabels,
         series_limit: usize,
         dropped: &Family<MetricLabel, Counter>,
+        clock: Clock,
+        spans: SpanSink,
     ) -> Self {
         let calls = Family::<CallLabels, Counter>::default();
         let connects = Family::<TcpLabels, Counter>::default();
@@ -196,6 +204,8 @@ impl ConnectAggregator {
         );
         Self {
             labels,
+            clock,
+            spans,
             calls_cap: SeriesCap::new(
                 "edgewatch_connect_calls_total",
                 series_limit,
@@ -250,6 +260,28 @@ impl ConnectAggregator {
         self.duration
             .get_or_create(&dl)
             .observe(ns_to_seconds(t.duration_ns));
+
+        if self.spans.is_on() {
+            let end = self.clock.unix_nanos(t.hdr.ts_ns);
+            let mut attributes = vec![
+                ("network.type", family.to_string()),
+                ("network.transport", "tcp".to_string()),
+                ("network.peer.port", t.dport.to_string()),
+                ("process.pid", t.tgid.to_string()),
+                ("process.command", comm_label(&t.comm).to_string()),
+                ("edgewatch.outcome", outcome.to_string()),
+            ];
+            if let Some(p) = self::peer(t.family, &t.daddr) {
+                attributes.push(("network.peer.address", p.to_string()));
+            }
+            self.spans.push(SpanRecord {
+                name: "tcp.connect",
+                start_unix_ns: end.saturating_sub(t.duration_ns),
+                end_unix_ns: end,
+                attributes,
+                error: (outcome != "established").then(|| outcome.to_string()),
+            });
+        }
     }
 }
 

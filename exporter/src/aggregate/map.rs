@@ -25,6 +25,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use super::spans::{SpanRecord, SpanSink};
 use super::{
     comm_label,
     labels::{Foldable, MetricLabel, OVERFLOW, SeriesCap, encode_label, encode_opt},
@@ -252,11 +253,16 @@ impl Clock {
     pub fn unix_seconds(&self, mono_ns: u64) -> f64 {
         (i128::from(mono_ns) + self.offset_ns) as f64 / 1e9
     }
+
+    pub fn unix_nanos(&self, mono_ns: u64) -> u64 {
+        u64::try_from(i128::from(mono_ns) + self.offset_ns).unwrap_or(0)
+    }
 }
 
 pub struct MapAggregator {
     labels: OptInLabels,
     clock: Clock,
+    spans: SpanSink,
     updates: Family<OpLabels, Counter>,
     deletes: Family<OpLabels, Counter>,
     duration: HistogramFamily<TypeLabel>,
@@ -273,6 +279,7 @@ impl MapAggregator {
         series_limit: usize,
         dropped: &Family<MetricLabel, Counter>,
         clock: Clock,
+        spans: SpanSink,
     ) -> Self {
         let updates = Family::<OpLabels, Counter>::default();
         let deletes = Family::<OpLabels, Counter>::default();
@@ -301,6 +308,7 @@ impl MapAggregator {
         Self {
             labels,
             clock,
+            spans,
             updates_cap: SeriesCap::new(
                 "edgewatch_bpf_map_updates_total",
                 series_limit,
@@ -334,7 +342,34 @@ impl MapAggregator {
         let comm = self.labels.comm.then(|| comm_label(&op.comm));
         let is_update = op.cmd == UPDATE_ELEM || op.cmd == UPDATE_BATCH;
         let mut any_ok = false;
-        for (result, n) in elements(op) {
+        let elements = elements(op);
+        if self.spans.is_on() {
+            let end = self.clock.unix_nanos(op.hdr.ts_ns);
+            let failed = elements
+                .iter()
+                .find(|(r, _)| *r != "ok")
+                .map(|(r, _)| r.to_string());
+            let total: u64 = elements.iter().map(|(_, n)| n).sum();
+            self.spans.push(SpanRecord {
+                name: if is_update {
+                    "bpf.map.update"
+                } else {
+                    "bpf.map.delete"
+                },
+                start_unix_ns: end.saturating_sub(op.duration_ns),
+                end_unix_ns: end,
+                attributes: vec![
+                    ("bpf.map.id", op.map_id.to_string()),
+                    ("bpf.map.name", map_name.to_string()),
+                    ("bpf.map.type", map_type.to_string()),
+                    ("bpf.map.elements", total.to_string()),
+                    ("process.pid", op.tgid.to_string()),
+                    ("process.command", comm_label(&op.comm).to_string()),
+                ],
+                error: failed,
+            });
+        }
+        for (result, n) in elements {
             any_ok |= result == "ok";
             let l = OpLabels {
                 map_id: map_id.clone(),

@@ -5,6 +5,7 @@ pub mod connect;
 pub mod labels;
 pub mod map;
 pub mod retransmit;
+pub mod spans;
 
 use std::sync::Arc;
 

@@ -19,13 +19,14 @@ use axum::http::{Request, Uri, header};
 use http_body_util::Full;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use opentelemetry_proto::tonic::{
-    collector::metrics::v1::ExportMetricsServiceRequest,
+    collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
     metrics::v1::{
         AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
         ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
     },
     resource::v1::Resource,
+    trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode},
 };
 use prometheus_client::{
     encoding::{EncodeLabelSet, LabelSetEncoder},
@@ -36,7 +37,13 @@ use prost::Message;
 use tokio::sync::watch;
 
 use super::openmetrics::{Kind, MetricFamily, parse};
-use crate::{aggregate::labels::encode_label, pipeline::FlushHandle};
+use crate::{
+    aggregate::{
+        labels::encode_label,
+        spans::{SpanRecord, SpanSink},
+    },
+    pipeline::FlushHandle,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct ExportErrorLabels {
@@ -216,21 +223,98 @@ pub fn to_request(
         .collect();
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes: vec![
-                    attr("service.name", "edgewatch"),
-                    attr("service.version", env!("CARGO_PKG_VERSION")),
-                    attr("host.name", host),
-                ],
-                ..Default::default()
-            }),
+            resource: Some(resource(host)),
             scope_metrics: vec![ScopeMetrics {
-                scope: Some(InstrumentationScope {
-                    name: "edgewatch".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
+                scope: Some(scope()),
                 metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn resource(host: &str) -> Resource {
+    Resource {
+        attributes: vec![
+            attr("service.name", "edgewatch"),
+            attr("service.version", env!("CARGO_PKG_VERSION")),
+            attr("host.name", host),
+        ],
+        ..Default::default()
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "edgewatch".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
+}
+
+/// A small non-cryptographic generator for trace and span ids.
+pub struct IdGen(u64);
+
+impl IdGen {
+    pub fn seeded() -> Self {
+        Self(unix_nanos() ^ (u64::from(std::process::id()) << 32) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Converts spans to an OTLP trace export request: each span is the root
+/// of its own trace (the kernel event has no parent we could know).
+pub fn to_trace_request(
+    spans: Vec<SpanRecord>,
+    ids: &mut IdGen,
+    host: &str,
+) -> ExportTraceServiceRequest {
+    let spans = spans
+        .into_iter()
+        .map(|s| {
+            let mut trace_id = ids.next().to_be_bytes().to_vec();
+            trace_id.extend(ids.next().to_be_bytes());
+            Span {
+                trace_id,
+                span_id: ids.next().to_be_bytes().to_vec(),
+                name: s.name.to_string(),
+                kind: if s.name == "tcp.connect" {
+                    SpanKind::Client
+                } else {
+                    SpanKind::Internal
+                } as i32,
+                start_time_unix_nano: s.start_unix_ns,
+                end_time_unix_nano: s.end_unix_ns,
+                attributes: s.attributes.iter().map(|(k, v)| attr(k, v)).collect(),
+                status: Some(match s.error {
+                    Some(message) => Status {
+                        message,
+                        code: StatusCode::Error as i32,
+                    },
+                    None => Status {
+                        message: String::new(),
+                        code: StatusCode::Unset as i32,
+                    },
+                }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource(host)),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(scope()),
+                spans,
                 ..Default::default()
             }],
             ..Default::default()
@@ -254,8 +338,35 @@ fn hostname() -> String {
 pub struct OtlpSettings {
     /// `<endpoint>/v1/metrics`
     pub uri: Uri,
+    /// `<endpoint>/v1/traces` and the spans to send there.
+    pub traces: Option<(Uri, SpanSink)>,
     pub interval: Duration,
     pub timeout: Duration,
+}
+
+type HttpClient =
+    Client<hyper_util::client::legacy::connect::HttpConnector, Full<axum::body::Bytes>>;
+
+/// POSTs one protobuf body; the error is (reason label, message).
+async fn post(
+    client: &HttpClient,
+    uri: &Uri,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<(), (&'static str, String)> {
+    let req = Request::post(uri.clone())
+        .header(header::CONTENT_TYPE, "application/x-protobuf")
+        .body(Full::new(axum::body::Bytes::from(body)))
+        .map_err(|e| ("encode", format!("{e}")))?;
+    match tokio::time::timeout(timeout, client.request(req)).await {
+        Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
+        Ok(Ok(resp)) => Err((
+            "http_status",
+            format!("collector answered {}", resp.status()),
+        )),
+        Ok(Err(e)) => Err(("connect", format!("{e}"))),
+        Err(_) => Err(("timeout", format!("no answer within {timeout:?}"))),
+    }
 }
 
 /// Pushes every interval until `shutdown`, and once more at shutdown.
@@ -266,13 +377,13 @@ pub async fn run(
     errors: Family<ExportErrorLabels, Counter>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let client: Client<_, Full<axum::body::Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let start = unix_nanos();
     let host = hostname();
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_log: Option<std::time::Instant> = None;
+    let mut ids = IdGen::seeded();
     loop {
         let stopping = tokio::select! {
             _ = tick.tick() => false,
@@ -290,24 +401,14 @@ pub async fn run(
             continue;
         }
         let body = to_request(&parse(&text), start, unix_nanos(), &host).encode_to_vec();
-        let result = match Request::post(settings.uri.clone())
-            .header(header::CONTENT_TYPE, "application/x-protobuf")
-            .body(Full::new(axum::body::Bytes::from(body)))
-        {
-            Ok(req) => match tokio::time::timeout(settings.timeout, client.request(req)).await {
-                Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
-                Ok(Ok(resp)) => Err((
-                    "http_status",
-                    format!("collector answered {}", resp.status()),
-                )),
-                Ok(Err(e)) => Err(("connect", format!("{e}"))),
-                Err(_) => Err((
-                    "timeout",
-                    format!("no answer within {:?}", settings.timeout),
-                )),
-            },
-            Err(e) => Err(("encode", format!("{e}"))),
-        };
+        let mut result = post(&client, &settings.uri, body, settings.timeout).await;
+        if let Some((uri, sink)) = &settings.traces {
+            let spans = sink.drain();
+            if !spans.is_empty() && result.is_ok() {
+                let body = to_trace_request(spans, &mut ids, &host).encode_to_vec();
+                result = post(&client, uri, body, settings.timeout).await;
+            }
+        }
         if let Err((reason, error)) = result {
             errors
                 .get_or_create(&ExportErrorLabels {

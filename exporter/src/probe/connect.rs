@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 
 use super::{AttachMode, Probe, ProbeError, attach_tracepoint};
 use crate::{
-    aggregate::connect::ConnectAggregator,
+    aggregate::{connect::ConnectAggregator, map::Clock},
     config::Settings,
     decode::{self, DecodeError},
     telemetry::Telemetry,
@@ -22,13 +22,20 @@ pub struct ConnectProbe {
 }
 
 impl ConnectProbe {
-    pub fn new(registry: &mut Registry, settings: &Settings, telemetry: &Telemetry) -> Self {
+    pub fn new(
+        registry: &mut Registry,
+        settings: &Settings,
+        telemetry: &Telemetry,
+        clock: Clock,
+    ) -> Self {
         Self {
             agg: ConnectAggregator::register(
                 registry,
                 settings.labels,
                 settings.series_limit,
                 &telemetry.series_dropped,
+                clock,
+                telemetry.spans.clone(),
             ),
         }
     }

@@ -46,6 +46,7 @@ impl MapProbe {
                 settings.series_limit,
                 &telemetry.series_dropped,
                 clock,
+                telemetry.spans.clone(),
             ),
         }
     }

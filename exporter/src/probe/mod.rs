@@ -110,7 +110,7 @@ pub fn build_with_clock(
         .filter_map(|name| -> Option<Box<dyn Probe>> {
             match *name {
                 "connect" => Some(Box::new(connect::ConnectProbe::new(
-                    registry, settings, telemetry,
+                    registry, settings, telemetry, clock,
                 ))),
                 "map" => Some(Box::new(map::MapProbe::new(
                     registry, settings, telemetry, clock,

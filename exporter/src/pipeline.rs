@@ -295,8 +295,10 @@ mod bench {
     }
 
     fn dispatch_ns(labels: &[&str], spans: bool, recs: &[Vec<u8>], rounds: usize) -> f64 {
-        let mut cfg = Config::default();
-        cfg.probes = vec!["connect".into()];
+        let mut cfg = Config {
+            probes: vec!["connect".into()],
+            ..Config::default()
+        };
         cfg.metrics.labels = labels.iter().map(|s| s.to_string()).collect();
         let settings = cfg.validate().expect("config");
         let mut registry = Registry::default();

@@ -100,15 +100,32 @@ fn workload(comm: &str) {
     }
 }
 
+/// The handshake hook on this kernel's cheap path (tp_btf).
 #[test]
 fn exact_connect_counts_agree_with_the_kernel() {
     if !privileged() {
         return;
     }
     let _serial = serial();
-    let ns = Netns::new("conn");
-    let ew = Edgewatch::start(&["--probes", "connect", "--metrics.labels=comm"]);
-    let comm = format!("ewconn{}", std::process::id() % 100_000);
+    exact_counts(&[], "tp_btf", "conn");
+}
+
+/// The same through the fallback (classic tracepoint).
+#[test]
+fn exact_connect_counts_through_the_tracepoint_fallback() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    exact_counts(&["--attach.disable=tp_btf"], "tracepoint", "connfb");
+}
+
+fn exact_counts(extra: &[&str], mode: &str, tag: &str) {
+    let ns = Netns::new(tag);
+    let mut args = vec!["--probes", "connect", "--metrics.labels=comm"];
+    args.extend_from_slice(extra);
+    let ew = Edgewatch::start(&args);
+    let comm = format!("ew{tag}{}", std::process::id() % 100_000);
 
     let opens_before = ns.snmp("Tcp", "ActiveOpens");
     let c = comm.clone();
@@ -190,7 +207,7 @@ fn exact_connect_counts_agree_with_the_kernel() {
     assert_eq!(
         m.count(
             "edgewatch_probe_attached",
-            &[("probe", "connect"), ("mode", "tracepoint")]
+            &[("probe", "connect"), ("mode", mode)]
         ),
         1
     );
@@ -288,10 +305,7 @@ fn config_check_reports_attach_modes() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stdout.contains("connect: attached (tracepoint)"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("connect: attached (tp_btf)"), "{stdout}");
 }
 
 #[test]

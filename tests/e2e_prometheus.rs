@@ -99,7 +99,7 @@ fn prometheus_scrapes_edgewatch() {
 
     let info = query(
         port,
-        "edgewatch_probe_attached{probe=\"connect\",mode=\"tracepoint\"}",
+        "edgewatch_probe_attached{probe=\"connect\",mode=\"tp_btf\"}",
     );
     assert!(info.contains("\"1\"]"), "{info}");
     // Counters arrive with their _total names and histograms whole.

@@ -43,10 +43,7 @@ fn mounts_tracefs_when_missing() {
     let (code, stdout, stderr) = check_without_tracefs("");
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stderr.contains("mounted tracefs"), "{stderr}");
-    assert!(
-        stdout.contains("connect: attached (tracepoint)"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("connect: attached (tp_btf)"), "{stdout}");
 }
 
 #[test]
@@ -90,7 +87,7 @@ fn a_probe_that_cannot_attach_is_visible_as_a_metric() {
     assert_eq!(
         m.count(
             "edgewatch_probe_attached",
-            &[("probe", "connect"), ("mode", "tracepoint")]
+            &[("probe", "connect"), ("mode", "tp_btf")]
         ),
         1
     );

@@ -92,18 +92,13 @@ int ew_connect_exit(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int ew_sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
+/* Both hooks of a socket state change end here. `family`, `dport` (host
+ * order) and the address pointers describe the peer. */
+static __always_inline int ew_sock_state(__u64 sk, int oldstate, int newstate, __u16 family,
+					 __u16 dport, const void *daddr4, const void *daddr6)
 {
-	__u64 sk = (__u64)ctx->skaddr;
 	struct ew_syn_sent *st;
 	struct ew_tcp_connect *e;
-	int oldstate, newstate;
-
-	if (ctx->protocol != IPPROTO_TCP)
-		return 0;
-	oldstate = ctx->oldstate;
-	newstate = ctx->newstate;
 
 	if (newstate == TCP_SYN_SENT) {
 		struct ew_syn_sent v = {};
@@ -127,19 +122,51 @@ int ew_sock_state(struct trace_event_raw_inet_sock_set_state *ctx)
 		e->duration_ns = e->hdr.ts_ns - st->start_ns;
 		e->tgid = st->tgid;
 		e->sk_err = newstate == TCP_ESTABLISHED ? 0 : BPF_CORE_READ((struct sock *)sk, sk_err);
-		e->family = ctx->family;
-		e->dport = ctx->dport;
+		e->family = family;
+		e->dport = dport;
 		e->newstate = (__u16)newstate;
 		e->_pad = 0;
-		if (ctx->family == AF_INET6) {
-			bpf_probe_read_kernel(e->daddr, 16, ctx->daddr_v6);
+		if (family == AF_INET6) {
+			bpf_probe_read_kernel(e->daddr, 16, daddr6);
 		} else {
 			__builtin_memset(e->daddr, 0, sizeof(e->daddr));
-			bpf_probe_read_kernel(e->daddr, 4, ctx->daddr);
+			bpf_probe_read_kernel(e->daddr, 4, daddr4);
 		}
 		__builtin_memcpy(e->comm, st->comm, sizeof(e->comm));
 		ew_submit(e);
 	}
 	bpf_map_delete_elem(&ew_syn_sent, &sk);
 	return 0;
+}
+
+/*
+ * tp_btf/inet_sock_set_state (5.5+, BTF-enabled raw tracepoint), tried
+ * first: the program gets (sk, oldstate, newstate) directly, and the kernel
+ * skips building the classic tracepoint's record (addresses, ports) for
+ * every state change on the host. Only the transitions out of SYN_SENT
+ * read the socket.
+ */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(ew_sock_state_btf, struct sock *sk, int oldstate, int newstate)
+{
+	__u16 dport;
+
+	if (newstate != TCP_SYN_SENT && oldstate != TCP_SYN_SENT)
+		return 0;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	return ew_sock_state((__u64)sk, oldstate, newstate, BPF_CORE_READ(sk, __sk_common.skc_family),
+			     dport, __builtin_preserve_access_index(&sk->__sk_common.skc_daddr),
+			     __builtin_preserve_access_index(&sk->__sk_common.skc_v6_daddr));
+}
+
+/* sock:inet_sock_set_state, the classic tracepoint: the fallback. */
+SEC("tracepoint/sock/inet_sock_set_state")
+int ew_sock_state_tp(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return 0;
+	return ew_sock_state((__u64)ctx->skaddr, ctx->oldstate, ctx->newstate, ctx->family,
+			     ctx->dport, ctx->daddr, ctx->daddr_v6);
 }

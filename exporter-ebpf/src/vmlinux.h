@@ -98,8 +98,23 @@ struct tcp_skb_cb {
 	};
 };
 
+/* The in6_addr's bytes; a struct so CO-RE matches it with the kernel's
+ * struct in6_addr (composite to composite). */
+struct ew_in6 {
+	__u8 b[16];
+};
+
+struct sock_common {
+	__be32 skc_daddr;
+	__be16 skc_dport;
+	unsigned short skc_family;
+	struct ew_in6 skc_v6_daddr;
+};
+
 struct sock {
+	struct sock_common __sk_common;
 	int sk_err;
+	__u16 sk_protocol;
 };
 
 /* File table walk: current->files->fdt->fd[fd]->private_data */

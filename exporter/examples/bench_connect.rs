@@ -79,7 +79,14 @@ fn main() {
     let rounds: usize = arg("--rounds", "5").parse().expect("--rounds R");
     let binary = arg("--binary", "target/release/edgewatch");
 
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    // A deep accept queue: an overflow drops the SYN and costs the client a
+    // one-second retransmit, which would swamp the figure.
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.bind(&std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+        .expect("bind");
+    sock.listen(4096).expect("listen");
+    let listener: TcpListener = sock.into();
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
         for s in listener.incoming() {
@@ -89,61 +96,77 @@ fn main() {
     measure(addr, n / 10); // warm-up
 
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
-    let (mut base, mut with, mut prog) = (Vec::new(), Vec::new(), Vec::new());
-    println!(
-        "round  none_ns  edgewatch_ns  added_ns  ratio  bpf_ns_per_connect  bpf_runs_per_connect"
-    );
+    let (mut none, mut btf, mut tp, mut btf_prog, mut tp_prog) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    println!("round  none_ns  tp_btf_ns  tracepoint_ns  tp_btf_bpf_ns  tracepoint_bpf_ns");
     for r in 0..rounds {
+        let last = r == rounds - 1;
         let b = measure(addr, n);
-        let mut child = Command::new(&binary)
-            .args(["--probes", "connect", "--web.listen-address", "127.0.0.1:0"])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start edgewatch");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(l)) if l.contains("listening") => break,
-                Some(_) => {}
-                None => panic!("edgewatch exited before listening"),
-            }
+        let (w1, p1) = attached(&binary, &[], addr, n, last);
+        let (w2, p2) = attached(&binary, &["--attach.disable=tp_btf"], addr, n, last);
+        println!("{r:>5}  {b:>7.0}  {w1:>9.0}  {w2:>13.0}  {p1:>13.0}  {p2:>17.0}");
+        none.push(b);
+        btf.push(w1);
+        tp.push(w2);
+        btf_prog.push(p1);
+        tp_prog.push(p2);
+    }
+    let (b, w1, w2) = (median(&mut none), median(&mut btf), median(&mut tp));
+    let (p1, p2) = (median(&mut btf_prog), median(&mut tp_prog));
+    println!(
+        "median per connect+close: none {b:.0} ns; tp_btf {w1:.0} ns (+{:.0}, {:.3}x); \
+         tracepoint {w2:.0} ns (+{:.0}, {:.3}x); probe programs tp_btf {p1:.0} ns, tracepoint {p2:.0} ns",
+        w1 - b,
+        w1 / b,
+        w2 - b,
+        w2 / b
+    );
+}
+
+/// Runs edgewatch (`--probes connect` plus `extra`), measures, stops it.
+/// Returns (ns per connect, probe programs' ns per connect).
+fn attached(
+    binary: &str,
+    extra: &[&str],
+    addr: std::net::SocketAddr,
+    n: usize,
+    breakdown: bool,
+) -> (f64, f64) {
+    let mut child = Command::new(binary)
+        .args(["--probes", "connect", "--web.listen-address", "127.0.0.1:0"])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start edgewatch");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("listening") => break,
+            Some(_) => {}
+            None => panic!("edgewatch exited before listening"),
         }
-        std::thread::spawn(move || for _ in lines {});
-        let before_each = per_program();
-        let before = probe_stats();
-        let w = measure(addr, n);
-        let after = probe_stats();
-        if r == rounds - 1 {
-            for (name, (t1, c1)) in per_program() {
-                let (t0, c0) = before_each.get(&name).copied().unwrap_or((0, 0));
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let before_each = per_program();
+    let before = probe_stats();
+    let w = measure(addr, n);
+    let after = probe_stats();
+    if breakdown {
+        for (name, (t1, c1)) in per_program() {
+            let (t0, c0) = before_each.get(&name).copied().unwrap_or((0, 0));
+            if c1 > c0 {
                 println!(
-                    "  {name}: {:.0} ns per run, {:.2} runs per connect",
-                    (t1 - t0) as f64 / (c1 - c0).max(1) as f64,
+                    "  {extra:?} {name}: {:.0} ns per run, {:.2} runs per connect",
+                    (t1 - t0) as f64 / (c1 - c0) as f64,
                     (c1 - c0) as f64 / n as f64
                 );
             }
         }
-        let bpf_ns = (after.0 - before.0) as f64 / n as f64;
-        let runs = (after.1 - before.1) as f64 / n as f64;
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        child.wait().expect("wait");
-        println!(
-            "{r:>5}  {b:>7.0}  {w:>12.0}  {:>8.0}  {:.3}  {bpf_ns:>18.0}  {runs:>20.2}",
-            w - b,
-            w / b
-        );
-        base.push(b);
-        with.push(w);
-        prog.push(bpf_ns);
     }
-    let (b, w, p) = (median(&mut base), median(&mut with), median(&mut prog));
-    println!(
-        "median: none {b:.0} ns, edgewatch {w:.0} ns per connect+close; added {:.0} ns ({:.3}x); \
-         probe programs {p:.0} ns per connect",
-        w - b,
-        w / b
-    );
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().expect("wait");
+    (w, (after.0 - before.0) as f64 / n as f64)
 }

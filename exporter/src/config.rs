@@ -40,7 +40,19 @@ pub struct Config {
     pub bpf: BpfConfig,
     pub xdp: XdpConfig,
     pub otlp: OtlpConfig,
+    pub attach: AttachConfig,
 }
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AttachConfig {
+    /// Attach modes not to try (tp_btf, fentry, kprobe): a probe then
+    /// falls back to the next hook in its chain, tracepoints last.
+    pub disable: Vec<String>,
+}
+
+/// Attach modes that `attach.disable` accepts.
+pub const DISABLEABLE_MODES: &[&str] = &["tp_btf", "fentry", "kprobe"];
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
@@ -149,6 +161,7 @@ impl Default for Config {
             bpf: BpfConfig::default(),
             xdp: XdpConfig::default(),
             otlp: OtlpConfig::default(),
+            attach: AttachConfig::default(),
         }
     }
 }
@@ -412,6 +425,16 @@ impl Config {
                 .and_then(|base| format!("{base}/v1/traces").parse::<axum::http::Uri>().ok()),
             _ => None,
         };
+        let mut disabled_modes = Vec::new();
+        for (i, m) in self.attach.disable.iter().enumerate() {
+            match DISABLEABLE_MODES.iter().find(|d| **d == m) {
+                Some(d) => disabled_modes.push(*d),
+                None => errors.push(format!(
+                    "attach.disable[{i}]: unknown mode {m:?} (known: {})",
+                    DISABLEABLE_MODES.join(", ")
+                )),
+            }
+        }
         if !(100..=3_600_000).contains(&self.otlp.interval_ms) {
             errors.push(format!(
                 "otlp.interval_ms: {} must be from 100 to 3600000",
@@ -442,6 +465,7 @@ impl Config {
                 xdp_mode,
                 xdp_blocklist,
                 otlp,
+                disabled_modes,
                 otlp_traces,
                 max_queued_spans: self.otlp.max_queued_spans,
                 otlp_interval: Duration::from_millis(self.otlp.interval_ms),
@@ -479,6 +503,8 @@ pub struct Settings {
     pub xdp_blocklist: Option<(PathBuf, BTreeSet<IpNet>)>,
     /// `<endpoint>/v1/metrics` when OTLP push is on.
     pub otlp: Option<axum::http::Uri>,
+    /// Attach modes the operator turned off.
+    pub disabled_modes: Vec<&'static str>,
     /// `<endpoint>/v1/traces` when span export is on.
     pub otlp_traces: Option<axum::http::Uri>,
     pub max_queued_spans: usize,
@@ -492,6 +518,13 @@ pub fn interface_index(name: &str) -> Option<u32> {
     // SAFETY: if_nametoindex reads a NUL-terminated string.
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (idx != 0).then_some(idx)
+}
+
+impl Settings {
+    /// Whether a probe may try this attach mode.
+    pub fn mode_allowed(&self, mode: &str) -> bool {
+        !self.disabled_modes.contains(&mode)
+    }
 }
 
 /// Splits a comma list flag value; empty items are dropped.
@@ -575,6 +608,7 @@ mod tests {
         cfg.xdp.interfaces = vec!["lo".into(), "ew-no-such-if0".into()];
         cfg.xdp.mode = "turbo".into();
         cfg.xdp.blocklist_file = Some("/nonexistent/blocklist".into());
+        cfg.attach.disable = vec!["uprobe".into()];
         let err = cfg.validate().unwrap_err();
         let paths: Vec<&str> = err.0.iter().map(|e| e.split(':').next().unwrap()).collect();
         assert_eq!(
@@ -592,7 +626,8 @@ mod tests {
                 "ringbuf.flush_interval_ms",
                 "xdp.mode",
                 "xdp.interfaces[1]",
-                "xdp.blocklist_file"
+                "xdp.blocklist_file",
+                "attach.disable[0]"
             ]
         );
     }

@@ -103,6 +103,10 @@ struct Cli {
     /// Also push spans (TCP handshakes, map update/delete calls) over OTLP.
     #[arg(long = "otlp.traces")]
     otlp_traces: bool,
+    /// Comma list of attach modes not to try: tp_btf, fentry, kprobe
+    /// (probes fall back down their chain, tracepoints last).
+    #[arg(long = "attach.disable", value_name = "LIST")]
+    attach_disable: Option<String>,
 }
 
 impl Cli {
@@ -162,6 +166,9 @@ impl Cli {
         }
         if self.otlp_traces {
             cfg.otlp.traces = true;
+        }
+        if let Some(v) = &self.attach_disable {
+            cfg.attach.disable = split_list(v);
         }
         Ok(cfg)
     }

@@ -2,14 +2,18 @@
 //! connect() and `sock:inet_sock_set_state` for every TCP handshake leaving
 //! SYN_SENT (kernel 4.16+). BPF side: exporter-ebpf/src/connect.bpf.c.
 //!
-//! Tracepoints only: they are stable ABI, cost nothing to other syscalls, and
-//! inet_sock_set_state is the one hook that sees a non-blocking connect end.
+//! The syscall hooks are per-syscall tracepoints (they cost other syscalls
+//! nothing). The handshake hook is `tp_btf/inet_sock_set_state` where the
+//! kernel has BTF-enabled raw tracepoints (5.5+), which skips building the
+//! classic tracepoint's record on every socket state change on the host;
+//! otherwise the classic `sock:inet_sock_set_state`. The attach mode
+//! reported is the handshake hook's.
 
 use aya::Ebpf;
 use edgewatch_common::{KIND_CONNECT_CALL, KIND_TCP_CONNECT, PROBE_CONNECT};
 use prometheus_client::registry::Registry;
 
-use super::{AttachMode, Probe, ProbeError, attach_tracepoint};
+use super::{AttachMode, Probe, ProbeError, attach_tp_btf, attach_tracepoint, error_chain};
 use crate::{
     aggregate::{connect::ConnectAggregator, map::Clock},
     config::Settings,
@@ -19,6 +23,7 @@ use crate::{
 
 pub struct ConnectProbe {
     agg: ConnectAggregator,
+    try_tp_btf: bool,
 }
 
 impl ConnectProbe {
@@ -37,6 +42,7 @@ impl ConnectProbe {
                 clock,
                 telemetry.spans.clone(),
             ),
+            try_tp_btf: settings.mode_allowed("tp_btf"),
         }
     }
 }
@@ -57,7 +63,17 @@ impl Probe for ConnectProbe {
     fn attach(&mut self, bpf: &mut Ebpf) -> Result<AttachMode, ProbeError> {
         attach_tracepoint(bpf, "ew_connect_enter", "syscalls", "sys_enter_connect")?;
         attach_tracepoint(bpf, "ew_connect_exit", "syscalls", "sys_exit_connect")?;
-        attach_tracepoint(bpf, "ew_sock_state", "sock", "inet_sock_set_state")?;
+        if self.try_tp_btf {
+            match attach_tp_btf(bpf, "ew_sock_state_btf", "inet_sock_set_state") {
+                Ok(()) => return Ok(AttachMode::TpBtf),
+                Err(e) => tracing::info!(
+                    probe = "connect",
+                    reason = %error_chain(&e),
+                    "tp_btf/inet_sock_set_state unavailable; using the classic tracepoint"
+                ),
+            }
+        }
+        attach_tracepoint(bpf, "ew_sock_state_tp", "sock", "inet_sock_set_state")?;
         Ok(AttachMode::Tracepoint)
     }
 

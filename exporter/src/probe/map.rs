@@ -30,6 +30,8 @@ const TARGET: &str = "__sys_bpf";
 
 pub struct MapProbe {
     agg: MapAggregator,
+    try_fentry: bool,
+    try_kprobe: bool,
 }
 
 impl MapProbe {
@@ -48,6 +50,8 @@ impl MapProbe {
                 clock,
                 telemetry.spans.clone(),
             ),
+            try_fentry: settings.mode_allowed("fentry"),
+            try_kprobe: settings.mode_allowed("kprobe"),
         }
     }
 }
@@ -138,28 +142,36 @@ impl Probe for MapProbe {
     }
 
     fn attach(&mut self, bpf: &mut Ebpf) -> Result<AttachMode, ProbeError> {
-        match Btf::from_sys_fs() {
-            Ok(btf) => match try_fentry(bpf, &btf) {
-                Ok(()) => return Ok(AttachMode::Fentry),
+        if !self.try_fentry {
+            tracing::info!(probe = "map", "fentry disabled by attach.disable");
+        } else {
+            match Btf::from_sys_fs() {
+                Ok(btf) => match try_fentry(bpf, &btf) {
+                    Ok(()) => return Ok(AttachMode::Fentry),
+                    Err(e) => tracing::info!(
+                        probe = "map",
+                        reason = %explain(&e),
+                        "fentry/fexit on {TARGET} unavailable; trying kprobes"
+                    ),
+                },
+                Err(e) => tracing::info!(
+                    probe = "map",
+                    reason = %e,
+                    "no kernel BTF for fentry; trying kprobes"
+                ),
+            }
+        }
+        if !self.try_kprobe {
+            tracing::info!(probe = "map", "kprobe disabled by attach.disable");
+        } else {
+            match try_kprobe(bpf) {
+                Ok(()) => return Ok(AttachMode::Kprobe),
                 Err(e) => tracing::info!(
                     probe = "map",
                     reason = %explain(&e),
-                    "fentry/fexit on {TARGET} unavailable; trying kprobes"
+                    "kprobe on {TARGET} unavailable; using syscall tracepoints"
                 ),
-            },
-            Err(e) => tracing::info!(
-                probe = "map",
-                reason = %e,
-                "no kernel BTF for fentry; trying kprobes"
-            ),
-        }
-        match try_kprobe(bpf) {
-            Ok(()) => return Ok(AttachMode::Kprobe),
-            Err(e) => tracing::info!(
-                probe = "map",
-                reason = %explain(&e),
-                "kprobe on {TARGET} unavailable; using syscall tracepoints"
-            ),
+            }
         }
         attach_tracepoint(bpf, "ew_map_tp_enter", "syscalls", "sys_enter_bpf")?;
         attach_tracepoint(bpf, "ew_map_tp_exit", "syscalls", "sys_exit_bpf")?;

@@ -18,10 +18,6 @@ use crate::{aggregate::map::Clock, config::Settings, decode::DecodeError, teleme
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttachMode {
     Tracepoint,
-    #[expect(
-        dead_code,
-        reason = "no probe prefers tp_btf yet; the mode is part of the metric's contract"
-    )]
     TpBtf,
     Fentry,
     Kprobe,
@@ -48,6 +44,15 @@ pub enum ProbeError {
         #[source]
         source: Box<ProgramError>,
     },
+    #[error("attaching {program} to tp_btf/{name}: {source}")]
+    TpBtf {
+        program: &'static str,
+        name: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("reading the kernel's BTF: {0}")]
+    Btf(#[from] aya::BtfError),
     #[error("attaching {program} to tracepoint {category}:{name}: {source}")]
     Tracepoint {
         program: &'static str,
@@ -122,6 +127,35 @@ pub fn build_with_clock(
             }
         })
         .collect()
+}
+
+/// Loads program `program` as a BTF-enabled raw tracepoint (tp_btf) on
+/// `name` and attaches it.
+pub fn attach_tp_btf(
+    bpf: &mut Ebpf,
+    program: &'static str,
+    name: &'static str,
+) -> Result<(), ProbeError> {
+    let btf = aya::Btf::from_sys_fs()?;
+    let prog: &mut aya::programs::BtfTracePoint = bpf
+        .program_mut(program)
+        .ok_or(ProbeError::MissingProgram(program))?
+        .try_into()
+        .map_err(|e| ProbeError::Program {
+            program,
+            source: Box::new(e),
+        })?;
+    let wrap = |e| ProbeError::TpBtf {
+        program,
+        name,
+        source: Box::new(e),
+    };
+    prog.load(name, &btf).map_err(wrap)?;
+    if let Err(e) = prog.attach() {
+        let _ = prog.unload();
+        return Err(wrap(e));
+    }
+    Ok(())
 }
 
 /// Loads program `program` as a tracepoint program and attaches it to

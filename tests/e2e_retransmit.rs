@@ -152,8 +152,28 @@ fn settle_and_compare(s: &Setup, ew: &Edgewatch, before_kernel: u64, before_ew: 
     (kernel, ours)
 }
 
-fn bulk_with_loss(tso: bool, salt: u8) {
-    let s = setup(if tso { "tso" } else { "notso" }, salt);
+/// edgewatch on the given attach path: the default (tp_btf here) or the
+/// classic tracepoint fallback.
+fn start(fallback: bool) -> (Edgewatch, &'static str) {
+    let mut args = vec!["--probes", "retransmit", "--metrics.labels=peer"];
+    if fallback {
+        args.push("--attach.disable=tp_btf");
+    }
+    (
+        Edgewatch::start(&args),
+        if fallback { "tracepoint" } else { "tp_btf" },
+    )
+}
+
+fn bulk_with_loss(tso: bool, salt: u8, fallback: bool) {
+    let s = setup(
+        &format!(
+            "{}{}",
+            if tso { "tso" } else { "notso" },
+            if fallback { "f" } else { "" }
+        ),
+        salt,
+    );
     let onoff = if tso { "on" } else { "off" };
     for (ns, dev) in [(&s.a, "ewrt0"), (&s.b, "ewrt1")] {
         ns.exec(&[
@@ -179,7 +199,7 @@ fn bulk_with_loss(tso: bool, salt: u8) {
         "3",
         "drop",
     ]);
-    let ew = Edgewatch::start(&["--probes", "retransmit", "--metrics.labels=peer"]);
+    let (ew, mode) = start(fallback);
     let before_kernel = s.kernel_retrans();
     let before_ew = s.edgewatch_segments(&ew.scrape());
 
@@ -198,6 +218,13 @@ fn bulk_with_loss(tso: bool, salt: u8) {
         m.text
     );
     assert!(skbs > 0 && skbs <= ours);
+    assert_eq!(
+        m.count(
+            "edgewatch_probe_attached",
+            &[("probe", "retransmit"), ("mode", mode)]
+        ),
+        1
+    );
     assert_eq!(m.count("edgewatch_decode_errors_total", &[]), 0);
     assert_eq!(
         m.count(
@@ -215,7 +242,7 @@ fn bulk_transfer_with_loss_tso_on() {
         return;
     }
     let _serial = serial();
-    bulk_with_loss(true, 0);
+    bulk_with_loss(true, 0, false);
 }
 
 #[test]
@@ -224,7 +251,16 @@ fn bulk_transfer_with_loss_tso_off() {
         return;
     }
     let _serial = serial();
-    bulk_with_loss(false, 1);
+    bulk_with_loss(false, 1, false);
+}
+
+#[test]
+fn bulk_transfer_with_loss_tracepoint_fallback() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    bulk_with_loss(true, 5, true);
 }
 
 /// Handle of the rule added last to `ns`'s ewloss/in chain.
@@ -288,8 +324,21 @@ fn dropped_syns_and_synacks_are_counted() {
         return;
     }
     let _serial = serial();
-    let s = setup("syn", 2);
-    let ew = Edgewatch::start(&["--probes", "retransmit", "--metrics.labels=peer"]);
+    syns_and_synacks(false, 2);
+}
+
+#[test]
+fn dropped_syns_and_synacks_tracepoint_fallback() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    syns_and_synacks(true, 6);
+}
+
+fn syns_and_synacks(fallback: bool, salt: u8) {
+    let s = setup(if fallback { "synf" } else { "syn" }, salt);
+    let (ew, mode) = start(fallback);
     let before_kernel = s.kernel_retrans();
     let m0 = ew.scrape();
     let before_ew = s.edgewatch_segments(&m0);
@@ -325,4 +374,11 @@ fn dropped_syns_and_synacks_are_counted() {
     assert!(syn_recv >= 1, "no SYN-ACK retransmit seen\n{}", m.text);
     assert!(kernel > 0);
     assert_eq!(ours, kernel, "edgewatch vs TcpRetransSegs\n{}", m.text);
+    assert_eq!(
+        m.count(
+            "edgewatch_probe_attached",
+            &[("probe", "retransmit"), ("mode", mode)]
+        ),
+        1
+    );
 }

@@ -81,13 +81,14 @@ fn a_probe_that_cannot_attach_is_visible_as_a_metric() {
         &["unshare", "-m", "--propagation", "private", "--"],
         "(mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing) \
          && mount -t tmpfs none /sys/kernel/tracing/events/tcp",
-        &["--probes", "connect,retransmit"],
+        // Classic tracepoints only, so the hidden ones are the only way in.
+        &["--probes", "connect,retransmit", "--attach.disable=tp_btf"],
     );
     let m = ew.scrape();
     assert_eq!(
         m.count(
             "edgewatch_probe_attached",
-            &[("probe", "connect"), ("mode", "tp_btf")]
+            &[("probe", "connect"), ("mode", "tracepoint")]
         ),
         1
     );

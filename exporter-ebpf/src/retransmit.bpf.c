@@ -22,6 +22,13 @@
  * only after a successful transmit: the ___old flavour handles that layout
  * in the same object (bpf_core_type_exists picks the branch at load time).
  *
+ * tp_btf versions of both hooks are tried first (BTF-enabled raw
+ * tracepoints, 5.5+): they read the socket and skb directly and spare the
+ * kernel building the classic record. tp_btf/tcp_retransmit_skb takes the
+ * third argument (err) only where the tracepoint has it (6.12+); on older
+ * kernels the verifier refuses that load and user space falls back to the
+ * classic tracepoints, which handle both layouts.
+ *
  * Included by edgewatch.bpf.c.
  */
 
@@ -111,6 +118,54 @@ int ew_retransmit_synack(struct trace_event_raw_tcp_retransmit_synack *ctx)
 	e->flags = EW_RTX_SYNACK;
 	e->_pad = 0;
 	ew_rtx_addr(e, ctx->family, ctx->daddr, ctx->daddr_v6);
+	ew_submit(e);
+	return 0;
+}
+
+/* Fills the peer fields of `e` from a socket or request socket's common part. */
+static __always_inline void ew_rtx_from_common(struct ew_retransmit *e, struct sock_common *c)
+{
+	__u16 family = BPF_CORE_READ(c, skc_family);
+
+	e->family = family;
+	e->sport = BPF_CORE_READ(c, skc_num);
+	e->dport = __builtin_bswap16(BPF_CORE_READ(c, skc_dport));
+	ew_rtx_addr(e, family, (const __u8 *)__builtin_preserve_access_index(&c->skc_daddr),
+		    (const __u8 *)__builtin_preserve_access_index(&c->skc_v6_daddr));
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(ew_retransmit_skb_btf, struct sock *sk, struct sk_buff *skb, int err)
+{
+	struct ew_retransmit *e;
+
+	e = ew_reserve(EW_PROBE_RETRANSMIT, EW_KIND_RETRANSMIT, sizeof(*e));
+	if (!e)
+		return 0;
+	e->_pad = 0;
+	e->err = err;
+	e->flags = EW_RTX_HAS_ERR;
+	e->segs = ew_skb_pcount(skb);
+	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	ew_rtx_from_common(e, __builtin_preserve_access_index(&sk->__sk_common));
+	ew_submit(e);
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_synack")
+int BPF_PROG(ew_retransmit_synack_btf, struct sock *sk, struct request_sock *req)
+{
+	struct ew_retransmit *e;
+
+	e = ew_reserve(EW_PROBE_RETRANSMIT, EW_KIND_RETRANSMIT, sizeof(*e));
+	if (!e)
+		return 0;
+	e->_pad = 0;
+	e->err = 0;
+	e->segs = 1;
+	e->state = TCP_SYN_RECV;
+	e->flags = EW_RTX_SYNACK;
+	ew_rtx_from_common(e, __builtin_preserve_access_index(&req->__req_common));
 	ew_submit(e);
 	return 0;
 }

@@ -107,8 +107,14 @@ struct ew_in6 {
 struct sock_common {
 	__be32 skc_daddr;
 	__be16 skc_dport;
+	__u16 skc_num;
 	unsigned short skc_family;
+	volatile unsigned char skc_state;
 	struct ew_in6 skc_v6_daddr;
+};
+
+struct request_sock {
+	struct sock_common __req_common;
 };
 
 struct sock {

@@ -3,7 +3,7 @@
 //! side with an empty program attached to the same tracepoint during the
 //! same transfer (same events, nothing done).
 //!
-//! sudo cargo bench -p edgewatch --bench retransmit
+//! sudo cargo bench -p edgewatch --bench retransmit [-- --fallback]
 //!
 //! Two network namespaces, a veth pair with TSO/GSO off, 3% of the data
 //! segments dropped by nftables at the receiver, 32 MiB sent.
@@ -74,7 +74,13 @@ fn main() {
         .unwrap();
     empty.load().unwrap();
     empty.attach("tcp", "tcp_retransmit_skb").unwrap();
-    let _ew = Edgewatch::start(&["--probes", "retransmit"]);
+    // --fallback measures the classic tracepoint path instead of tp_btf.
+    let fallback = std::env::args().any(|a| a == "--fallback");
+    let mut args = vec!["--probes", "retransmit"];
+    if fallback {
+        args.push("--attach.disable=tp_btf");
+    }
+    let _ew = Edgewatch::start(&args);
 
     let (p0, e0) = (stats("ew_retransmit_skb"), stats("ew_empty_rtx"));
     const BYTES: usize = 32 << 20;
@@ -107,6 +113,10 @@ fn main() {
             t as f64 / n as f64
         }
     };
+    println!(
+        "edgewatch path: {}",
+        if fallback { "tracepoint" } else { "tp_btf" }
+    );
     println!("program              runs   run_time_ns   ns_per_event");
     println!(
         "ew_retransmit_skb  {pn:>6}  {pt:>12}  {:>13.0}",

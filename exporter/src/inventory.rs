@@ -34,6 +34,7 @@ use prometheus_client::{
     },
 };
 
+use crate::aggregate::labels::label_set;
 use crate::{
     aggregate::{
         labels::encode_label,
@@ -94,24 +95,14 @@ pub fn parse_entries(buf: &[u8]) -> HashMap<u32, u64> {
         .collect()
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct MapInfoLabels {
-    map_id: String,
-    map_name: String,
-    map_type: &'static str,
-    key_size: String,
-    value_size: String,
-    flags: String,
-}
-
-impl EncodeLabelSet for MapInfoLabels {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "map_id", &self.map_id)?;
-        encode_label(enc, "map_name", &self.map_name)?;
-        encode_label(enc, "map_type", self.map_type)?;
-        encode_label(enc, "key_size", &self.key_size)?;
-        encode_label(enc, "value_size", &self.value_size)?;
-        encode_label(enc, "flags", &self.flags)
+label_set! {
+    struct MapInfoLabels {
+        map_id: String,
+        map_name: String,
+        map_type: &'static str,
+        key_size: String,
+        value_size: String,
+        flags: String,
     }
 }
 
@@ -130,18 +121,11 @@ impl EncodeLabelSet for MapLabels<'_> {
     }
 }
 
-#[derive(Clone, Debug)]
-struct ProgLabels {
-    prog_id: String,
-    prog_name: String,
-    prog_type: &'static str,
-}
-
-impl EncodeLabelSet for ProgLabels {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "prog_id", &self.prog_id)?;
-        encode_label(enc, "prog_name", &self.prog_name)?;
-        encode_label(enc, "prog_type", self.prog_type)
+label_set! {
+    struct ProgLabels {
+        prog_id: String,
+        prog_name: String,
+        prog_type: &'static str,
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use aya::maps::{MapData, PerCpuArray};
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, LabelSetEncoder},
+    encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{
         MetricType, counter::ConstCounter, counter::Counter, family::Family, gauge::Gauge,
         info::Info,
@@ -14,40 +14,25 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::aggregate::labels::{MetricLabel, encode_label};
+use crate::aggregate::labels::MetricLabel;
+use crate::aggregate::labels::label_set;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct ProbeLabel {
-    pub probe: &'static str,
-}
-
-impl EncodeLabelSet for ProbeLabel {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "probe", self.probe)
+label_set! {
+    pub struct ProbeLabel {
+        pub probe: &'static str,
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct ProbeModeLabels {
-    pub probe: &'static str,
-    pub mode: &'static str,
-}
-
-impl EncodeLabelSet for ProbeModeLabels {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "probe", self.probe)?;
-        encode_label(enc, "mode", self.mode)
+label_set! {
+    pub struct ProbeModeLabels {
+        pub probe: &'static str,
+        pub mode: &'static str,
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct CollectorLabel {
-    pub collector: &'static str,
-}
-
-impl EncodeLabelSet for CollectorLabel {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "collector", self.collector)
+label_set! {
+    pub struct CollectorLabel {
+        pub collector: &'static str,
     }
 }
 

@@ -38,6 +38,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::aggregate::labels::label_set;
 use crate::{aggregate::labels::encode_label, telemetry::CollectorLabel};
 
 pub const ACTIONS: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
@@ -170,38 +171,22 @@ impl XdpMetrics {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct IfaceMode {
-    pub interface: String,
-    pub mode: &'static str,
-}
-
-impl EncodeLabelSet for IfaceMode {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "interface", &self.interface)?;
-        encode_label(enc, "mode", self.mode)
+label_set! {
+    pub struct IfaceMode {
+        pub interface: String,
+        pub mode: &'static str,
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct FamilyLabel {
-    pub family: &'static str,
-}
-
-impl EncodeLabelSet for FamilyLabel {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "family", self.family)
+label_set! {
+    pub struct FamilyLabel {
+        pub family: &'static str,
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct ResultLabel {
-    pub result: &'static str,
-}
-
-impl EncodeLabelSet for ResultLabel {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "result", self.result)
+label_set! {
+    pub struct ResultLabel {
+        pub result: &'static str,
     }
 }
 

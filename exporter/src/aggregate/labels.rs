@@ -5,12 +5,42 @@
 use std::{collections::HashSet, hash::Hash};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, LabelSetEncoder},
+    encoding::LabelSetEncoder,
     metrics::{counter::Counter, family::Family},
 };
 
 /// Label value that replaces every opt-in label of a folded series.
 pub const OVERFLOW: &str = "_overflow";
+
+/// Declares a label-set struct whose fields are all required string-like
+/// values (`&'static str`, `String`, `Arc<str>`), encoded in field order
+/// under the field names.
+macro_rules! label_set {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($(#[$fmeta:meta])* $fvis:vis $field:ident : $ty:ty),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, Hash, PartialEq, Eq)]
+        $vis struct $name {
+            $($(#[$fmeta])* $fvis $field: $ty),+
+        }
+
+        impl prometheus_client::encoding::EncodeLabelSet for $name {
+            fn encode(
+                &self,
+                enc: &mut prometheus_client::encoding::LabelSetEncoder,
+            ) -> Result<(), std::fmt::Error> {
+                $(
+                    $crate::aggregate::labels::encode_label(
+                        enc,
+                        stringify!($field),
+                        AsRef::<str>::as_ref(&self.$field),
+                    )?;
+                )+
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use label_set;
 
 /// Encodes `key="value"` into a label set.
 pub fn encode_label(
@@ -53,15 +83,10 @@ pub fn peer_port(
     (peer, Some(std::sync::Arc::from(dport.to_string())))
 }
 
-/// Labels of `edgewatch_series_dropped_total`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct MetricLabel {
-    pub metric: &'static str,
-}
-
-impl EncodeLabelSet for MetricLabel {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "metric", self.metric)
+label_set! {
+    /// Labels of `edgewatch_series_dropped_total`.
+    pub struct MetricLabel {
+        pub metric: &'static str,
     }
 }
 

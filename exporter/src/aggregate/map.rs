@@ -31,6 +31,7 @@ use super::{
     labels::{Foldable, MetricLabel, OVERFLOW, SeriesCap, encode_label, encode_opt},
     ns_to_seconds,
 };
+use crate::aggregate::labels::label_set;
 use crate::{config::OptInLabels, errno};
 
 /// Map-operation results with a label of their own.
@@ -160,15 +161,17 @@ pub struct OpLabels {
     pub comm: Option<Arc<str>>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct TypeLabel {
-    pub map_type: &'static str,
+label_set! {
+    pub struct TypeLabel {
+        pub map_type: &'static str,
+    }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct MapLabels {
-    pub map_id: Arc<str>,
-    pub map_name: Arc<str>,
+label_set! {
+    pub struct MapLabels {
+        pub map_id: Arc<str>,
+        pub map_name: Arc<str>,
+    }
 }
 
 impl Foldable for OpLabels {
@@ -198,19 +201,6 @@ impl EncodeLabelSet for OpLabels {
         encode_label(enc, "map_type", self.map_type)?;
         encode_label(enc, "result", self.result)?;
         encode_opt(enc, "comm", self.comm.as_deref())
-    }
-}
-
-impl EncodeLabelSet for TypeLabel {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "map_type", self.map_type)
-    }
-}
-
-impl EncodeLabelSet for MapLabels {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "map_id", &self.map_id)?;
-        encode_label(enc, "map_name", &self.map_name)
     }
 }
 

@@ -33,6 +33,7 @@ use super::{
     family_label,
     labels::{Foldable, MetricLabel, SeriesCap, encode_label, encode_opt, fold, peer_port},
 };
+use crate::aggregate::labels::label_set;
 use crate::{config::OptInLabels, errno};
 
 /// Errors with which `__tcp_retransmit_skb()` returns before it adds to
@@ -92,9 +93,10 @@ pub struct SegmentLabels {
     pub port: Option<Arc<str>>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct ReasonLabel {
-    pub reason: &'static str,
+label_set! {
+    pub struct ReasonLabel {
+        pub reason: &'static str,
+    }
 }
 
 impl Foldable for RetransmitLabels {
@@ -131,12 +133,6 @@ impl EncodeLabelSet for SegmentLabels {
         encode_label(enc, "family", self.family)?;
         encode_opt(enc, "peer", self.peer.as_deref())?;
         encode_opt(enc, "port", self.port.as_deref())
-    }
-}
-
-impl EncodeLabelSet for ReasonLabel {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "reason", self.reason)
     }
 }
 

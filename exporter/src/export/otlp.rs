@@ -29,7 +29,6 @@ use opentelemetry_proto::tonic::{
     trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode},
 };
 use prometheus_client::{
-    encoding::{EncodeLabelSet, LabelSetEncoder},
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
@@ -37,24 +36,16 @@ use prost::Message;
 use tokio::sync::watch;
 
 use super::openmetrics::{Kind, MetricFamily, parse};
+use crate::aggregate::labels::label_set;
 use crate::{
-    aggregate::{
-        labels::encode_label,
-        spans::{SpanRecord, SpanSink},
-    },
+    aggregate::spans::{SpanRecord, SpanSink},
     pipeline::FlushHandle,
 };
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct ExportErrorLabels {
-    pub exporter: &'static str,
-    pub reason: &'static str,
-}
-
-impl EncodeLabelSet for ExportErrorLabels {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "exporter", self.exporter)?;
-        encode_label(enc, "reason", self.reason)
+label_set! {
+    pub struct ExportErrorLabels {
+        pub exporter: &'static str,
+        pub reason: &'static str,
     }
 }
 

@@ -152,6 +152,30 @@ fn settle_and_compare(s: &Setup, ew: &Edgewatch, before_kernel: u64, before_ew: 
     (kernel, ours)
 }
 
+/// Runs of the retransmit programs the kernel skipped (bpf_prog_active
+/// held by another kprobe/tracepoint program or a bpf() map syscall on the
+/// same CPU), as edgewatch reports them.
+fn missed(m: &Metrics) -> u64 {
+    m.count(
+        "edgewatch_probe_missed_events_total",
+        &[("probe", "retransmit")],
+    )
+}
+
+/// Exact whenever the kernel skipped none of our programs' runs; when it
+/// did, edgewatch says so in edgewatch_probe_missed_events_total and the
+/// gap can only be below the kernel's count.
+fn assert_exact(kernel: u64, ours: u64, missed: u64, what: &str, text: &str) {
+    if missed == 0 {
+        assert_eq!(ours, kernel, "{what}: edgewatch vs TcpRetransSegs\n{text}");
+    } else {
+        eprintln!(
+            "{what}: the kernel skipped {missed} program runs (reported); {ours} of {kernel}"
+        );
+        assert!(ours < kernel, "{what}: {ours} > {kernel}\n{text}");
+    }
+}
+
 /// edgewatch on the given attach path: the default (tp_btf here) or the
 /// classic tracepoint fallback.
 fn start(fallback: bool) -> (Edgewatch, &'static str) {
@@ -201,7 +225,9 @@ fn bulk_with_loss(tso: bool, salt: u8, fallback: bool) {
     ]);
     let (ew, mode) = start(fallback);
     let before_kernel = s.kernel_retrans();
-    let before_ew = s.edgewatch_segments(&ew.scrape());
+    let m0 = ew.scrape();
+    let before_ew = s.edgewatch_segments(&m0);
+    let missed0 = missed(&m0);
 
     s.transfer(8 << 20);
 
@@ -212,10 +238,12 @@ fn bulk_with_loss(tso: bool, salt: u8, fallback: bool) {
         "tso={tso}: TcpRetransSegs delta {kernel}, edgewatch {ours}, retransmitted skbs {skbs}"
     );
     assert!(kernel > 0, "3% loss caused no retransmission");
-    assert_eq!(
-        ours, kernel,
-        "edgewatch vs TcpRetransSegs (tso={tso})\n{}",
-        m.text
+    assert_exact(
+        kernel,
+        ours,
+        missed(&m) - missed0,
+        &format!("tso={tso}"),
+        &m.text,
     );
     assert!(skbs > 0 && skbs <= ours);
     assert_eq!(
@@ -342,6 +370,7 @@ fn syns_and_synacks(fallback: bool, salt: u8) {
     let before_kernel = s.kernel_retrans();
     let m0 = ew.scrape();
     let before_ew = s.edgewatch_segments(&m0);
+    let missed0 = missed(&m0);
     let syn_sent0 = s.edgewatch_retransmits(&m0, "syn_sent");
     let syn_recv0 = s.edgewatch_retransmits(&m0, "syn_recv");
 
@@ -370,10 +399,23 @@ fn syns_and_synacks(fallback: bool, salt: u8) {
     eprintln!(
         "SYN: TcpRetransSegs delta {kernel}, edgewatch {ours}, syn_sent {syn_sent}, syn_recv {syn_recv}"
     );
-    assert!(syn_sent >= 1, "no SYN retransmit seen\n{}", m.text);
-    assert!(syn_recv >= 1, "no SYN-ACK retransmit seen\n{}", m.text);
+    assert!(
+        syn_sent + syn_recv + missed(&m) - missed0 >= 2,
+        "{}",
+        m.text
+    );
+    assert!(
+        syn_sent >= 1 || missed(&m) > missed0,
+        "no SYN retransmit seen\n{}",
+        m.text
+    );
+    assert!(
+        syn_recv >= 1 || missed(&m) > missed0,
+        "no SYN-ACK retransmit seen\n{}",
+        m.text
+    );
     assert!(kernel > 0);
-    assert_eq!(ours, kernel, "edgewatch vs TcpRetransSegs\n{}", m.text);
+    assert_exact(kernel, ours, missed(&m) - missed0, "SYN", &m.text);
     assert_eq!(
         m.count(
             "edgewatch_probe_attached",

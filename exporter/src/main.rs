@@ -395,7 +395,13 @@ async fn run(settings: Settings) -> Result<ExitCode> {
         }
         None => false,
     };
+    let program_lists: Vec<(&'static str, &'static [&'static str])> =
+        probes.iter().map(|p| (p.name(), p.programs())).collect();
     let bpf = Arc::new(std::sync::Mutex::new(bpf));
+    registry.register_collector(Box::new(telemetry::MissesCollector::new(
+        bpf.clone(),
+        program_lists,
+    )));
     if settings.probes.contains(&"map") {
         registry.register_collector(Box::new(inventory::InventoryCollector::new(
             Box::new(inventory::KernelInventory {

@@ -60,6 +60,15 @@ impl Probe for ConnectProbe {
         &[KIND_CONNECT_CALL, KIND_TCP_CONNECT]
     }
 
+    fn programs(&self) -> &'static [&'static str] {
+        &[
+            "ew_connect_enter",
+            "ew_connect_exit",
+            "ew_sock_state_btf",
+            "ew_sock_state_tp",
+        ]
+    }
+
     fn attach(&mut self, bpf: &mut Ebpf) -> Result<AttachMode, ProbeError> {
         attach_tracepoint(bpf, "ew_connect_enter", "syscalls", "sys_enter_connect")?;
         attach_tracepoint(bpf, "ew_connect_exit", "syscalls", "sys_exit_connect")?;

@@ -141,6 +141,17 @@ impl Probe for MapProbe {
         &[KIND_MAP_OP]
     }
 
+    fn programs(&self) -> &'static [&'static str] {
+        &[
+            "ew_map_fentry",
+            "ew_map_fexit",
+            "ew_map_kprobe",
+            "ew_map_kretprobe",
+            "ew_map_tp_enter",
+            "ew_map_tp_exit",
+        ]
+    }
+
     fn attach(&mut self, bpf: &mut Ebpf) -> Result<AttachMode, ProbeError> {
         if !self.try_fentry {
             tracing::info!(probe = "map", "fentry disabled by attach.disable");

@@ -86,6 +86,9 @@ pub trait Probe: Send {
     fn id(&self) -> u32;
     /// Record kinds this probe decodes.
     fn kinds(&self) -> &'static [u16];
+    /// Every program this probe may attach (whichever its chain picked),
+    /// for the kernel's per-program miss counters.
+    fn programs(&self) -> &'static [&'static str];
     /// Loads and attaches the probe's programs, trying the cheapest hook the
     /// kernel allows first.
     fn attach(&mut self, bpf: &mut Ebpf) -> Result<AttachMode, ProbeError>;

@@ -50,6 +50,15 @@ impl Probe for RetransmitProbe {
         &[KIND_RETRANSMIT]
     }
 
+    fn programs(&self) -> &'static [&'static str] {
+        &[
+            "ew_retransmit_skb_btf",
+            "ew_retransmit_synack_btf",
+            "ew_retransmit_skb",
+            "ew_retransmit_synack",
+        ]
+    }
+
     fn attach(&mut self, bpf: &mut Ebpf) -> Result<AttachMode, ProbeError> {
         if self.try_tp_btf {
             let skb = attach_tp_btf(bpf, "ew_retransmit_skb_btf", "tcp_retransmit_skb");

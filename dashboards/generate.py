@@ -17,6 +17,8 @@ PANELS = [
          [("sum by (probe) (rate(edgewatch_ringbuf_events_total{instance=~\"$instance\"}[$__rate_interval]))", "{{probe}}")]),
         ("Lost events/s (ring full)", "timeseries", "ops",
          [("sum by (probe) (rate(edgewatch_ringbuf_lost_events_total{instance=~\"$instance\"}[$__rate_interval]))", "{{probe}}")]),
+        ("Probe runs the kernel skipped/s", "timeseries", "ops",
+         [("sum by (probe) (rate(edgewatch_probe_missed_events_total{instance=~\"$instance\"}[$__rate_interval]))", "{{probe}}")]),
         ("Decode errors/s", "timeseries", "ops",
          [("sum by (probe) (rate(edgewatch_decode_errors_total{instance=~\"$instance\"}[$__rate_interval]))", "{{probe}}")]),
     ]),

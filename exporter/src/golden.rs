@@ -21,6 +21,15 @@ use crate::{
     telemetry::{LostCollector, LostSource, ProbeModeLabels, Telemetry},
 };
 
+/// Skipped runs: one per program named.
+struct FixedMisses;
+
+impl crate::telemetry::MissSource for FixedMisses {
+    fn missed(&self, programs: &[&'static str]) -> u64 {
+        programs.len() as u64
+    }
+}
+
 /// XDP counter cells: packets = index + 1, bytes = 100 x packets.
 struct FixedCounters;
 
@@ -300,6 +309,10 @@ fn exposition(cfg: Config) -> String {
             })
             .set(1);
     }
+    registry.register_collector(Box::new(crate::telemetry::MissesCollector::new(
+        Box::new(FixedMisses),
+        probes.iter().map(|p| (p.name(), p.programs())).collect(),
+    )));
     registry.register_collector(Box::new(LostCollector::new(
         Box::new(FixedLost),
         probes.iter().map(|p| (p.id(), p.name())).collect(),

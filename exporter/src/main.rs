@@ -399,7 +399,7 @@ async fn run(settings: Settings) -> Result<ExitCode> {
         probes.iter().map(|p| (p.name(), p.programs())).collect();
     let bpf = Arc::new(std::sync::Mutex::new(bpf));
     registry.register_collector(Box::new(telemetry::MissesCollector::new(
-        bpf.clone(),
+        Box::new(bpf.clone()),
         program_lists,
     )));
     if settings.probes.contains(&"map") {

@@ -206,10 +206,29 @@ fn prog_info(
     Ok(info)
 }
 
+/// Where skipped-run counts come from: the kernel's per-program
+/// `recursion_misses` in production, fixed numbers in golden tests.
+pub trait MissSource: Send + Sync + 'static {
+    /// Runs skipped, summed over the programs named.
+    fn missed(&self, programs: &[&'static str]) -> u64;
+}
+
+impl MissSource for std::sync::Arc<Mutex<aya::Ebpf>> {
+    fn missed(&self, programs: &[&'static str]) -> u64 {
+        use std::os::fd::AsFd;
+        let bpf = self.lock().unwrap_or_else(|e| e.into_inner());
+        programs
+            .iter()
+            .filter_map(|name| bpf.program(name)?.fd().ok())
+            .filter_map(|fd| recursion_misses(fd.as_fd()).ok())
+            .sum()
+    }
+}
+
 /// `edgewatch_probe_missed_events_total{probe}`: runs the kernel skipped
 /// for each probe's programs, read at scrape time.
 pub struct MissesCollector {
-    bpf: std::sync::Arc<Mutex<aya::Ebpf>>,
+    source: Box<dyn MissSource>,
     probes: Vec<(&'static str, &'static [&'static str])>,
 }
 
@@ -223,30 +242,20 @@ impl std::fmt::Debug for MissesCollector {
 
 impl MissesCollector {
     pub fn new(
-        bpf: std::sync::Arc<Mutex<aya::Ebpf>>,
+        source: Box<dyn MissSource>,
         probes: Vec<(&'static str, &'static [&'static str])>,
     ) -> Self {
-        Self { bpf, probes }
+        Self { source, probes }
     }
 }
 
 impl Collector for MissesCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use std::os::fd::AsFd;
-        let counts: Vec<(&'static str, u64)> = {
-            let bpf = self.bpf.lock().unwrap_or_else(|e| e.into_inner());
-            self.probes
-                .iter()
-                .map(|(probe, programs)| {
-                    let n = programs
-                        .iter()
-                        .filter_map(|name| bpf.program(name)?.fd().ok())
-                        .filter_map(|fd| recursion_misses(fd.as_fd()).ok())
-                        .sum();
-                    (*probe, n)
-                })
-                .collect()
-        };
+        let counts: Vec<(&'static str, u64)> = self
+            .probes
+            .iter()
+            .map(|(probe, programs)| (*probe, self.source.missed(programs)))
+            .collect();
         let mut family = encoder.encode_descriptor(
             "edgewatch_probe_missed_events",
             "Events the kernel did not run a probe's programs for (a kprobe or classic tracepoint program is skipped while another one, or a bpf() map syscall, holds the CPU), by probe.",

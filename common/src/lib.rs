@@ -45,6 +45,29 @@ pub trait Record: Pod {
     const FIELDS: &'static [FieldLayout];
 }
 
+/// A record written into the ring buffer: the `KIND_*` its header carries.
+/// This pairing of kind and struct is the wire contract user space
+/// dispatches on.
+pub trait RingRecord: Record {
+    const KIND: u16;
+}
+
+impl RingRecord for ConnectCall {
+    const KIND: u16 = KIND_CONNECT_CALL;
+}
+
+impl RingRecord for TcpConnect {
+    const KIND: u16 = KIND_TCP_CONNECT;
+}
+
+impl RingRecord for Retransmit {
+    const KIND: u16 = KIND_RETRANSMIT;
+}
+
+impl RingRecord for MapOp {
+    const KIND: u16 = KIND_MAP_OP;
+}
+
 pub const KIND_CONNECT_CALL: u16 = 1;
 pub const KIND_TCP_CONNECT: u16 = 2;
 pub const KIND_RETRANSMIT: u16 = 3;
@@ -97,6 +120,7 @@ pub const DEFINES: &[(&str, u64)] = &[
     ("EW_XDP_PROTO_ICMP", XDP_PROTO_ICMP as u64),
     ("EW_XDP_PROTO_ICMPV6", XDP_PROTO_ICMPV6 as u64),
     ("EW_XDP_PROTO_OTHER", XDP_PROTO_OTHER as u64),
+    // scripts/new-probe adds a new probe's constants above this line.
 ];
 
 wire_record! {
@@ -237,6 +261,7 @@ pub const RECORDS: &[(&str, usize, &[FieldLayout])] = &[
     record_entry::<XdpCounter>(),
     record_entry::<LpmV4>(),
     record_entry::<LpmV6>(),
+    // scripts/new-probe adds a new probe's record above this line.
 ];
 
 const fn record_entry<R: Record>() -> (&'static str, usize, &'static [FieldLayout]) {
@@ -248,3 +273,5 @@ pub fn comm_str(comm: &[u8; COMM_LEN]) -> &[u8] {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
     &comm[..end]
 }
+
+// scripts/new-probe appends a new probe's record below this line.

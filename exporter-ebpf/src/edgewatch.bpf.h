@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * Shared by every tracing probe in edgewatch.bpf.c: the one ring buffer, the
+ * Shared by every probe in src/probes/ (one object, see build.rs): the ring buffer, the
  * per-CPU lost-record counters and the submit policy.
  */
 #ifndef EDGEWATCH_BPF_H

@@ -1,6 +1,7 @@
-//! edgewatch's BPF objects, compiled from `src/*.bpf.c` by the build script
-//! and embedded: our probes are fixed, so nothing is looked up on disk at run
-//! time.
+//! edgewatch's BPF objects, compiled by the build script and embedded: our
+//! probes are fixed, so nothing is looked up on disk at run time. Every
+//! `src/probes/*.bpf.c` goes into the one tracing object; every other
+//! `src/*.bpf.c` is an object of its own.
 
 /// `include_bytes!` only guarantees byte alignment; the ELF parser reads
 /// 8-byte fields in place, so the objects are wrapped in an aligned struct.
@@ -12,8 +13,8 @@ static EDGEWATCH: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(
     "/edgewatch.bpf.o"
 )));
 
-/// The tracing object: connect, retransmit and map probes, the shared ring
-/// buffer `ew_events` and the lost-record array `ew_lost`.
+/// The tracing object: every probe, the shared ring buffer `ew_events` and
+/// the lost-record array `ew_lost`.
 pub fn edgewatch() -> &'static [u8] {
     &EDGEWATCH.0
 }

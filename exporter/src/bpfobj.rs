@@ -1,7 +1,7 @@
 //! The embedded tracing object, fitted to the running kernel before load.
 //!
 //! aya 0.14 cannot relocate kfunc calls (`__ksym` externs), so
-//! exporter-ebpf/src/map.bpf.c emits its one kfunc call
+//! exporter-ebpf/src/probes/map.bpf.c emits its one kfunc call
 //! (`bpf_map_sum_elem_count`, 6.6+) as a raw BPF_PSEUDO_KFUNC_CALL
 //! instruction with a placeholder imm. This module writes the kfunc's BTF
 //! id from /sys/kernel/btf/vmlinux into it, or, where the kernel lacks the

@@ -15,24 +15,26 @@ use std::{
 };
 
 use ipnet::IpNet;
-
 use serde::Deserialize;
+
+use crate::{
+    datapath::{self, ModeChoice},
+    probe::{self, AttachMode},
+    vocab::labels::OptInLabels,
+};
 
 /// Default listen port: outside the 9100-9999 range Prometheus allocates to
 /// exporters (fully taken), and not used by any well-known exporter.
 pub const DEFAULT_PORT: u16 = 10120;
 
-/// Every probe name `--probes` accepts, in attach order.
-pub const PROBE_NAMES: &[&str] = &["connect", "retransmit", "map"];
-
-/// Opt-in labels `--metrics.labels` accepts.
-pub const LABEL_NAMES: &[&str] = &["comm", "peer"];
+/// The `probes` entry that enables every probe.
+pub const ALL_PROBES: &str = "all";
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Config {
     pub web: WebConfig,
-    /// Probes to enable.
+    /// Probes to enable (`all`: every one).
     pub probes: Vec<String>,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
@@ -50,9 +52,6 @@ pub struct AttachConfig {
     /// falls back to the next hook in its chain, tracepoints last.
     pub disable: Vec<String>,
 }
-
-/// Attach modes that `attach.disable` accepts.
-pub const DISABLEABLE_MODES: &[&str] = &["tp_btf", "fentry", "kprobe"];
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
@@ -154,7 +153,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             web: WebConfig::default(),
-            probes: PROBE_NAMES.iter().map(|s| s.to_string()).collect(),
+            probes: vec![ALL_PROBES.to_string()],
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             ringbuf: RingbufConfig::default(),
@@ -285,27 +284,39 @@ impl Config {
             ));
         }
 
-        let mut probes = Vec::new();
+        let mut probes: Vec<&'static str> = Vec::new();
         for (i, p) in self.probes.iter().enumerate() {
-            match PROBE_NAMES.iter().find(|n| **n == p) {
-                Some(n) if !probes.contains(n) => probes.push(*n),
+            if p == ALL_PROBES {
+                for def in probe::ALL {
+                    if !probes.contains(&def.name()) {
+                        probes.push(def.name());
+                    }
+                }
+                continue;
+            }
+            match probe::by_name(p) {
+                Some(def) if !probes.contains(&def.name()) => probes.push(def.name()),
                 Some(_) => errors.push(format!("probes[{i}]: {p:?} is listed twice")),
                 None => errors.push(format!(
-                    "probes[{i}]: unknown probe {p:?} (known: {})",
-                    PROBE_NAMES.join(", ")
+                    "probes[{i}]: unknown probe {p:?} (known: {}, or {ALL_PROBES})",
+                    probe_names().join(", ")
                 )),
             }
+        }
+        if self.probes.is_empty() {
+            errors.push(format!(
+                "probes: no probe enabled (known: {}, or {ALL_PROBES} for every one)",
+                probe_names().join(", ")
+            ));
         }
 
         let mut labels = OptInLabels::default();
         for (i, l) in self.metrics.labels.iter().enumerate() {
-            match l.as_str() {
-                "comm" => labels.comm = true,
-                "peer" => labels.peer = true,
-                _ => errors.push(format!(
+            if !labels.enable(l) {
+                errors.push(format!(
                     "metrics.labels[{i}]: unknown label {l:?} (known: {})",
-                    LABEL_NAMES.join(", ")
-                )),
+                    OptInLabels::NAMES.join(", ")
+                ));
             }
         }
         if self.metrics.series_limit == 0 {
@@ -351,12 +362,12 @@ impl Config {
             ));
         }
 
-        let xdp_mode = crate::xdp::ModeChoice::parse(&self.xdp.mode).unwrap_or_else(|| {
+        let xdp_mode = ModeChoice::parse(&self.xdp.mode).unwrap_or_else(|| {
             errors.push(format!(
                 "xdp.mode: unknown mode {:?} (known: auto, driver, skb)",
                 self.xdp.mode
             ));
-            crate::xdp::ModeChoice::Auto
+            ModeChoice::Auto
         });
         let mut xdp_interfaces = Vec::new();
         for (i, name) in self.xdp.interfaces.iter().enumerate() {
@@ -378,7 +389,7 @@ impl Config {
                         "xdp.blocklist_file: needs at least one interface in xdp.interfaces".into(),
                     );
                 }
-                match crate::xdp::read_blocklist(path) {
+                match datapath::read_blocklist(path) {
                     Ok(list) => Some((path.clone(), list)),
                     Err(e) => {
                         errors.push(format!("xdp.blocklist_file: {e}"));
@@ -427,11 +438,15 @@ impl Config {
         };
         let mut disabled_modes = Vec::new();
         for (i, m) in self.attach.disable.iter().enumerate() {
-            match DISABLEABLE_MODES.iter().find(|d| **d == m) {
-                Some(d) => disabled_modes.push(*d),
+            match AttachMode::parse_disableable(m) {
+                Some(d) => disabled_modes.push(d),
                 None => errors.push(format!(
                     "attach.disable[{i}]: unknown mode {m:?} (known: {})",
-                    DISABLEABLE_MODES.join(", ")
+                    AttachMode::DISABLEABLE
+                        .iter()
+                        .map(|m| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )),
             }
         }
@@ -476,11 +491,9 @@ impl Config {
     }
 }
 
-/// Which opt-in labels are on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OptInLabels {
-    pub comm: bool,
-    pub peer: bool,
+/// Every probe's name, in attach order.
+pub fn probe_names() -> Vec<&'static str> {
+    probe::ALL.iter().map(|p| p.name()).collect()
 }
 
 /// A validated configuration.
@@ -499,12 +512,12 @@ pub struct Settings {
     pub enable_stats: bool,
     /// (name, ifindex)
     pub xdp_interfaces: Vec<(String, u32)>,
-    pub xdp_mode: crate::xdp::ModeChoice,
+    pub xdp_mode: ModeChoice,
     pub xdp_blocklist: Option<(PathBuf, BTreeSet<IpNet>)>,
     /// `<endpoint>/v1/metrics` when OTLP push is on.
     pub otlp: Option<axum::http::Uri>,
     /// Attach modes the operator turned off.
-    pub disabled_modes: Vec<&'static str>,
+    pub disabled_modes: Vec<AttachMode>,
     /// `<endpoint>/v1/traces` when span export is on.
     pub otlp_traces: Option<axum::http::Uri>,
     pub max_queued_spans: usize,
@@ -521,9 +534,9 @@ pub fn interface_index(name: &str) -> Option<u32> {
 }
 
 impl Settings {
-    /// Whether a probe may try this attach mode.
-    pub fn mode_allowed(&self, mode: &str) -> bool {
-        !self.disabled_modes.contains(&mode)
+    /// The enabled probes, in attach order.
+    pub fn enabled_probes(&self) -> impl Iterator<Item = &'static dyn probe::Probe> + '_ {
+        self.probes.iter().filter_map(|name| probe::by_name(name))
     }
 }
 

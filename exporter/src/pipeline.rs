@@ -1,118 +1,134 @@
 //! The ring-buffer pipeline: one tokio task drains the shared BPF ring
-//! buffer, dispatches each record by kind to the probe that owns it, and
-//! counts events and decode errors per probe.
+//! buffer and dispatches each record, by the kind in its header, to the
+//! aggregator of the probe that owns it, through one table lookup; events
+//! and decode errors are counted per probe.
 //!
 //! The kernel side submits with BPF_RB_NO_WAKEUP until enough data is
 //! pending (see edgewatch.bpf.h), so the task also drains on a timer and on
 //! request: a scrape asks for a drain first, so what a scrape shows includes
 //! every record the kernel had committed when the scrape arrived.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
+use edgewatch_common::Header;
+use prometheus_client::metrics::counter::Counter;
 use tokio::{
     io::unix::AsyncFd,
     sync::{mpsc, oneshot, watch},
 };
 
 use crate::{
-    decode,
-    probe::Probe,
-    telemetry::{ProbeLabel, Telemetry},
+    probe::{Probe, Sink},
+    telemetry::{ProbeLabel, Telemetry, events::DecodeFailed},
 };
 
-/// Logs at most once per period, saying how many were suppressed.
-#[derive(Debug, Default)]
-struct LogLimiter {
-    last: Option<Instant>,
-    suppressed: u64,
+/// Why a record could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than its {min}-byte header")]
+    Truncated { len: usize, min: usize },
+    #[error("unknown record kind {kind}")]
+    UnknownKind { kind: u16 },
+    #[error("record kind {kind}: {got} bytes (header says {declared}), expected {expected}")]
+    Size {
+        kind: u16,
+        expected: usize,
+        got: usize,
+        declared: u16,
+    },
 }
 
-impl LogLimiter {
-    const PERIOD: Duration = Duration::from_secs(10);
-
-    /// Returns how many were suppressed since the last log when it is
-    /// time to log again.
-    fn ready(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(t) if now.duration_since(t) < Self::PERIOD => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
+/// Where records of one kind go.
+struct Route {
+    probe: &'static str,
+    /// Index into `Dispatcher::sinks`.
+    sink: usize,
+    /// Index into the probe's records.
+    slot: usize,
+    size: usize,
+    events: Counter,
 }
 
-/// Routes records to probes. Pure: no kernel, no runtime.
+/// Routes records to aggregators. Pure: no kernel, no runtime.
 pub struct Dispatcher {
-    probes: Vec<Box<dyn Probe>>,
-    by_kind: HashMap<u16, usize>,
+    sinks: Vec<Box<dyn Sink>>,
+    /// Indexed by record kind.
+    routes: Vec<Option<Route>>,
     telemetry: Telemetry,
-    log_limit: LogLimiter,
 }
 
 impl Dispatcher {
-    pub fn new(probes: Vec<Box<dyn Probe>>, telemetry: Telemetry) -> Self {
-        let mut by_kind = HashMap::new();
-        for (i, p) in probes.iter().enumerate() {
-            for &k in p.kinds() {
-                by_kind.insert(k, i);
+    /// A dispatcher for these probes and their aggregators.
+    pub fn new(probes: Vec<(&'static dyn Probe, Box<dyn Sink>)>, telemetry: Telemetry) -> Self {
+        let mut routes: Vec<Option<Route>> = Vec::new();
+        let mut sinks = Vec::with_capacity(probes.len());
+        for (i, (probe, sink)) in probes.into_iter().enumerate() {
+            let events = telemetry
+                .events
+                .get_or_create(&ProbeLabel {
+                    probe: probe.name(),
+                })
+                .clone();
+            for (slot, r) in probe.records().into_iter().enumerate() {
+                let k = usize::from(r.kind);
+                if routes.len() <= k {
+                    routes.resize_with(k + 1, || None);
+                }
+                routes[k] = Some(Route {
+                    probe: probe.name(),
+                    sink: i,
+                    slot,
+                    size: r.size,
+                    events: events.clone(),
+                });
             }
+            sinks.push(sink);
         }
         Self {
-            probes,
-            by_kind,
+            sinks,
+            routes,
             telemetry,
-            log_limit: LogLimiter::default(),
         }
     }
 
     /// Decodes and aggregates one record; failures are counted, never fatal.
     pub fn dispatch(&mut self, bytes: &[u8]) {
-        let kind = match decode::header(bytes) {
-            Ok(h) => h.kind,
-            Err(e) => {
-                self.count_error("unknown", &e);
-                return;
-            }
+        if bytes.len() < size_of::<Header>() {
+            let error = DecodeError::Truncated {
+                len: bytes.len(),
+                min: size_of::<Header>(),
+            };
+            return self.failed("unknown", &error);
+        }
+        // The header's first two fields: kind and size, both u16.
+        let kind = u16::from_ne_bytes([bytes[0], bytes[1]]);
+        let declared = u16::from_ne_bytes([bytes[2], bytes[3]]);
+        let Some(route) = self.routes.get(usize::from(kind)).and_then(Option::as_ref) else {
+            return self.failed("unknown", &DecodeError::UnknownKind { kind });
         };
-        let Some(&i) = self.by_kind.get(&kind) else {
-            self.count_error("unknown", &decode::DecodeError::UnknownKind { kind });
-            return;
-        };
-        let probe = &mut self.probes[i];
-        let name = probe.name();
-        match probe.handle(kind, bytes) {
-            Ok(()) => {
-                self.telemetry
-                    .events
-                    .get_or_create(&ProbeLabel { probe: name })
-                    .inc();
+        let (probe, ok) = if bytes.len() == route.size && usize::from(declared) == route.size {
+            let ok = self.sinks[route.sink].consume(route.slot, bytes);
+            if ok {
+                route.events.inc();
             }
-            Err(e) => self.count_error(name, &e),
+            (route.probe, ok)
+        } else {
+            (route.probe, false)
+        };
+        if !ok {
+            let error = DecodeError::Size {
+                kind,
+                expected: route.size,
+                got: bytes.len(),
+                declared,
+            };
+            self.failed(probe, &error);
         }
     }
 
-    fn count_error(&mut self, probe: &'static str, error: &decode::DecodeError) {
-        self.telemetry
-            .decode_errors
-            .get_or_create(&ProbeLabel { probe })
-            .inc();
-        if let Some(suppressed) = self.log_limit.ready(Instant::now()) {
-            tracing::warn!(
-                probe,
-                %error,
-                suppressed,
-                "undecodable ring-buffer record (counted in edgewatch_decode_errors_total)"
-            );
-        }
+    fn failed(&self, probe: &'static str, error: &DecodeError) {
+        self.telemetry.emit(DecodeFailed { probe, error });
     }
 }
 
@@ -210,24 +226,28 @@ mod tests {
     use prometheus_client::registry::Registry;
 
     use super::*;
-    use crate::{config::Config, probe};
+    use crate::{
+        aggregate,
+        probe::connect,
+        vocab::{clock::Clock, labels::OptInLabels, spans::SpanSink},
+    };
 
     fn dispatcher() -> (Dispatcher, Telemetry) {
         let mut registry = Registry::default();
         let telemetry = Telemetry::register(&mut registry);
-        let settings = Config::default().validate().unwrap();
-        let probes = probe::build(&settings, &mut registry, &telemetry);
-        (Dispatcher::new(probes, telemetry.clone()), telemetry)
-    }
-
-    #[test]
-    fn log_limiter_logs_once_per_period() {
-        let mut l = LogLimiter::default();
-        let t0 = Instant::now();
-        assert_eq!(l.ready(t0), Some(0));
-        assert_eq!(l.ready(t0 + Duration::from_secs(1)), None);
-        assert_eq!(l.ready(t0 + Duration::from_secs(2)), None);
-        assert_eq!(l.ready(t0 + Duration::from_secs(11)), Some(2));
+        let ctx = aggregate::Context {
+            labels: OptInLabels::default(),
+            series_limit: 10,
+            series_dropped: telemetry.series_dropped.clone(),
+            clock: Clock::fixed(0),
+            spans: SpanSink::default(),
+        };
+        let probe: &'static dyn Probe = &connect::PROBE;
+        let sink = probe.build(&mut registry, &ctx);
+        (
+            Dispatcher::new(vec![(probe, sink)], telemetry.clone()),
+            telemetry,
+        )
     }
 
     #[test]
@@ -240,111 +260,75 @@ mod tests {
         d.dispatch(&good);
         d.dispatch(&good);
         d.dispatch(&good[..20]); // truncated connect record
+        let mut lying = good.clone();
+        lying[2] = 99; // right length, wrong declared size
+        d.dispatch(&lying);
+        let mut long = good.clone();
+        long.extend([0; 8]);
+        d.dispatch(&long);
         d.dispatch(&[1, 2]); // shorter than a header
         let mut unknown = good.clone();
         unknown[0] = 0xee;
         d.dispatch(&unknown);
-        let get = |f: &prometheus_client::metrics::family::Family<
-            ProbeLabel,
-            prometheus_client::metrics::counter::Counter,
-        >,
-                   p| { f.get_or_create(&ProbeLabel { probe: p }).get() };
-        assert_eq!(get(&t.events, "connect"), 2);
-        assert_eq!(get(&t.decode_errors, "connect"), 1);
-        assert_eq!(get(&t.decode_errors, "unknown"), 2);
-    }
-}
-
-/// The consumer's cost per record, side by side with its baseline (decoding
-/// alone) in one run. A benchmark, not a test:
-/// `cargo test --release -p edgewatch --bin edgewatch -- --ignored --nocapture dispatch_cost`
-#[cfg(test)]
-mod bench {
-    use std::{hint::black_box, time::Instant};
-
-    use edgewatch_common::{ConnectCall, KIND_CONNECT_CALL, KIND_TCP_CONNECT, TcpConnect};
-    use prometheus_client::registry::Registry;
-
-    use super::*;
-    use crate::{aggregate::spans::SpanSink, config::Config, probe};
-
-    fn records() -> Vec<Vec<u8>> {
-        let comms = ["curl", "nginx", "envoy", "python3"];
-        let mut out = Vec::new();
-        for i in 0..4096u32 {
-            let mut c: ConnectCall = bytemuck::Zeroable::zeroed();
-            c.hdr.kind = KIND_CONNECT_CALL;
-            c.hdr.size = size_of::<ConnectCall>() as u16;
-            c.family = libc::AF_INET as u16;
-            c.ret = if i % 3 == 0 { -libc::EINPROGRESS } else { 0 };
-            let name = comms[i as usize % 4].as_bytes();
-            c.comm[..name.len()].copy_from_slice(name);
-            out.push(bytemuck::bytes_of(&c).to_vec());
-            let mut t: TcpConnect = bytemuck::Zeroable::zeroed();
-            t.hdr.kind = KIND_TCP_CONNECT;
-            t.hdr.size = size_of::<TcpConnect>() as u16;
-            t.family = libc::AF_INET as u16;
-            t.newstate = 1;
-            t.duration_ns = 40_000 + u64::from(i);
-            t.dport = 443;
-            t.daddr[..4].copy_from_slice(&[10, 0, (i / 256) as u8, i as u8]);
-            t.comm = c.comm;
-            out.push(bytemuck::bytes_of(&t).to_vec());
-        }
-        out
-    }
-
-    fn dispatch_ns(labels: &[&str], spans: bool, recs: &[Vec<u8>], rounds: usize) -> f64 {
-        let mut cfg = Config {
-            probes: vec!["connect".into()],
-            ..Config::default()
+        let get = |f: &prometheus_client::metrics::family::Family<ProbeLabel, Counter>, p| {
+            f.get_or_create(&ProbeLabel { probe: p }).get()
         };
-        cfg.metrics.labels = labels.iter().map(|s| s.to_string()).collect();
-        let settings = cfg.validate().expect("config");
-        let mut registry = Registry::default();
-        let mut telemetry = Telemetry::register(&mut registry);
-        if spans {
-            telemetry.spans = SpanSink::enabled(usize::MAX, telemetry.spans_dropped.clone());
-        }
-        let sink = telemetry.spans.clone();
-        let probes = probe::build(&settings, &mut registry, &telemetry);
-        let mut d = Dispatcher::new(probes, telemetry);
-        let start = Instant::now();
-        for _ in 0..rounds {
-            for r in recs {
-                d.dispatch(r);
-            }
-            black_box(sink.drain());
-        }
-        start.elapsed().as_nanos() as f64 / (rounds * recs.len()) as f64
+        assert_eq!(get(&t.events, "connect"), 2);
+        assert_eq!(get(&t.decode_errors, "connect"), 3);
+        assert_eq!(get(&t.decode_errors, "unknown"), 2);
     }
 
     #[test]
-    #[ignore = "benchmark"]
-    fn dispatch_cost() {
-        let recs = records();
-        let rounds = 200;
-        let start = Instant::now();
-        for _ in 0..rounds {
-            for r in &recs {
-                black_box(decode::header(black_box(r)).ok());
+    fn decodes_unaligned_records() {
+        let (mut d, t) = dispatcher();
+        let mut c: ConnectCall = bytemuck::Zeroable::zeroed();
+        c.hdr.kind = KIND_CONNECT_CALL;
+        c.hdr.size = size_of::<ConnectCall>() as u16;
+        let mut buf = vec![0u8];
+        buf.extend(bytemuck::bytes_of(&c));
+        d.dispatch(&buf[1..]);
+        assert_eq!(
+            t.events
+                .get_or_create(&ProbeLabel { probe: "connect" })
+                .get(),
+            1
+        );
+    }
+
+    #[test]
+    fn garbage_of_every_length_never_panics() {
+        let (mut d, t) = dispatcher();
+        let mut x: u32 = 0x9e37_79b9;
+        let mut n = 0;
+        for len in 0..200 {
+            for first in [1u8, 2, 3, 4, 0xff] {
+                let mut garbage: Vec<u8> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        x as u8
+                    })
+                    .collect();
+                if let Some(b) = garbage.first_mut() {
+                    *b = first;
+                }
+                d.dispatch(&garbage);
+                n += 1;
             }
         }
-        let decode = start.elapsed().as_nanos() as f64 / (rounds * recs.len()) as f64;
-        let plain = dispatch_ns(&[], false, &recs, rounds);
-        let comm = dispatch_ns(&["comm"], false, &recs, rounds);
-        let both = dispatch_ns(&["comm", "peer"], false, &recs, rounds);
-        let spans = dispatch_ns(&[], true, &recs, rounds);
-        println!("ns per record ({} records x {rounds}):", recs.len());
-        println!("  header decode only (baseline): {decode:.1}");
-        println!(
-            "  dispatch + aggregate, default labels: {plain:.1} ({:.1}x)",
-            plain / decode
-        );
-        println!("  with comm: {comm:.1}; with comm,peer: {both:.1}; with spans: {spans:.1}");
-        println!(
-            "  records/s on one core, default labels: {:.1} million",
-            1e3 / plain
-        );
+        let errors: u64 = ["connect", "unknown"]
+            .iter()
+            .map(|p| {
+                t.decode_errors
+                    .get_or_create(&ProbeLabel { probe: p })
+                    .get()
+            })
+            .sum();
+        let events = t
+            .events
+            .get_or_create(&ProbeLabel { probe: "connect" })
+            .get();
+        assert_eq!(errors + events, n);
     }
 }

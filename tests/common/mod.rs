@@ -198,6 +198,11 @@ impl Edgewatch {
         Self::spawn(None, args)
     }
 
+    /// Runs another edgewatch binary (a build of a modified copy).
+    pub fn start_binary(binary: &str, args: &[&str]) -> Self {
+        Self::spawn_cmd(None, vec![binary.to_string()], args)
+    }
+
     /// Runs edgewatch inside `ns` (`ip netns exec`), e.g. to attach XDP to
     /// an interface local to it.
     pub fn start_in(ns: &Netns, args: &[&str]) -> Self {

@@ -137,4 +137,6 @@ struct ew_lpm_v6 {
 	__u8 addr[16];
 };
 
+/* scripts/new-probe appends a new probe's record above this line. */
+
 #endif /* EDGEWATCH_EVENTS_H */

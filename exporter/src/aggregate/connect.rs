@@ -1,32 +1,25 @@
-//! connect() calls and TCP active opens into metrics.
+//! connect() calls and TCP active opens into metrics and spans.
 //!
 //! Worst-case series without opt-in labels: calls 4 families x 13 results =
 //! 52; connects and duration 2 x 6 outcomes = 12 each. With `comm` and/or
 //! `peer`, each family is capped at `metrics.series_limit` label sets plus
 //! one overflow series per base label combination.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::Arc,
-};
-
 use edgewatch_common::{ConnectCall, TcpConnect};
 use prometheus_client::{
-    encoding::{EncodeLabelSet, LabelSetEncoder},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 
-use super::{
-    comm_label, family_label,
-    labels::{Foldable, MetricLabel, SeriesCap, encode_label, encode_opt, fold, peer_port},
-    ns_to_seconds,
+use super::{Context, OnRecord, peer_port};
+use crate::vocab::{
+    clock::ns_to_seconds,
+    errno,
+    kernel::{family_name, ip_addr, name_label},
+    labels::{Foldable, OptLabels, SeriesCap},
+    spans::SpanRecord,
 };
-use super::{
-    map::Clock,
-    spans::{SpanRecord, SpanSink},
-};
-use crate::{config::OptInLabels, errno};
 
 /// connect() results with a label of their own; any other errno is `other`.
 pub const CALL_RESULTS: &[&str] = &[
@@ -52,33 +45,29 @@ pub const DURATION_BUCKETS: &[f64] = &[
 
 const TCP_ESTABLISHED: u16 = 1;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+/// Labels of `edgewatch_connect_calls_total` (opt-in: `comm`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
     pub family: &'static str,
     pub result: &'static str,
-    pub comm: Option<Arc<str>>,
+    #[prometheus(flatten)]
+    pub opt: OptLabels,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+/// Labels of `edgewatch_tcp_connects_total` (opt-in: `comm`, `peer`,
+/// `port`) and of the duration histogram (opt-in: `comm`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub family: &'static str,
     pub outcome: &'static str,
-    pub comm: Option<Arc<str>>,
-    pub peer: Option<Arc<str>>,
-    pub port: Option<Arc<str>>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct DurationLabels {
-    pub family: &'static str,
-    pub outcome: &'static str,
-    pub comm: Option<Arc<str>>,
+    #[prometheus(flatten)]
+    pub opt: OptLabels,
 }
 
 impl Foldable for CallLabels {
     fn folded(&self) -> Self {
         Self {
-            comm: fold(&self.comm),
+            opt: self.opt.folded(),
             ..self.clone()
         }
     }
@@ -87,46 +76,9 @@ impl Foldable for CallLabels {
 impl Foldable for TcpLabels {
     fn folded(&self) -> Self {
         Self {
-            comm: fold(&self.comm),
-            peer: fold(&self.peer),
-            port: fold(&self.port),
+            opt: self.opt.folded(),
             ..self.clone()
         }
-    }
-}
-
-impl Foldable for DurationLabels {
-    fn folded(&self) -> Self {
-        Self {
-            comm: fold(&self.comm),
-            ..self.clone()
-        }
-    }
-}
-
-impl EncodeLabelSet for CallLabels {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "family", self.family)?;
-        encode_label(enc, "result", self.result)?;
-        encode_opt(enc, "comm", self.comm.as_deref())
-    }
-}
-
-impl EncodeLabelSet for TcpLabels {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "family", self.family)?;
-        encode_label(enc, "outcome", self.outcome)?;
-        encode_opt(enc, "comm", self.comm.as_deref())?;
-        encode_opt(enc, "peer", self.peer.as_deref())?;
-        encode_opt(enc, "port", self.port.as_deref())
-    }
-}
-
-impl EncodeLabelSet for DurationLabels {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "family", self.family)?;
-        encode_label(enc, "outcome", self.outcome)?;
-        encode_opt(enc, "comm", self.comm.as_deref())
     }
 }
 
@@ -150,43 +102,22 @@ pub fn outcome(newstate: u16, sk_err: i32) -> &'static str {
     }
 }
 
-/// The destination address of a record as text.
-pub fn peer(family: u16, daddr: &[u8; 16]) -> Option<IpAddr> {
-    match i32::from(family) {
-        libc::AF_INET => Some(IpAddr::V4(Ipv4Addr::new(
-            daddr[0], daddr[1], daddr[2], daddr[3],
-        ))),
-        libc::AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*daddr))),
-        _ => None,
-    }
-}
-
 pub struct ConnectAggregator {
-    labels: OptInLabels,
-    clock: Clock,
-    spans: SpanSink,
+    ctx: Context,
     calls: Family<CallLabels, Counter>,
     connects: Family<TcpLabels, Counter>,
-    duration: HistogramFamily<DurationLabels>,
+    duration: HistogramFamily<TcpLabels>,
     calls_cap: SeriesCap<CallLabels>,
     connects_cap: SeriesCap<TcpLabels>,
-    duration_cap: SeriesCap<DurationLabels>,
+    duration_cap: SeriesCap<TcpLabels>,
 }
 
 impl ConnectAggregator {
     /// Registers the connect metrics and returns their aggregator.
-    pub fn register(
-        registry: &mut Registry,
-        labels: OptInLabels,
-        series_limit: usize,
-        dropped: &Family<MetricLabel, Counter>,
-        clock: Clock,
-        spans: SpanSink,
-    ) -> Self {
+    pub fn register(registry: &mut Registry, ctx: &Context) -> Self {
         let calls = Family::<CallLabels, Counter>::default();
         let connects = Family::<TcpLabels, Counter>::default();
-        let duration: HistogramFamily<DurationLabels> =
-            Family::new_with_constructor(duration_histogram);
+        let duration: HistogramFamily<TcpLabels> = Family::new_with_constructor(duration_histogram);
         registry.register(
             "edgewatch_connect_calls",
             "connect() system calls by address family and result (ok or errno name)",
@@ -203,78 +134,76 @@ impl ConnectAggregator {
             duration.clone(),
         );
         Self {
-            labels,
-            clock,
-            spans,
-            calls_cap: SeriesCap::new(
-                "edgewatch_connect_calls_total",
-                series_limit,
-                dropped.clone(),
-            ),
-            connects_cap: SeriesCap::new(
-                "edgewatch_tcp_connects_total",
-                series_limit,
-                dropped.clone(),
-            ),
-            duration_cap: SeriesCap::new(
-                "edgewatch_tcp_connect_duration_seconds",
-                series_limit,
-                dropped.clone(),
-            ),
+            calls_cap: ctx.cap("edgewatch_connect_calls_total"),
+            connects_cap: ctx.cap("edgewatch_tcp_connects_total"),
+            duration_cap: ctx.cap("edgewatch_tcp_connect_duration_seconds"),
+            ctx: ctx.clone(),
             calls,
             connects,
             duration,
         }
     }
+}
 
-    pub fn on_call(&mut self, c: &ConnectCall) {
+impl OnRecord<ConnectCall> for ConnectAggregator {
+    fn on(&mut self, c: &ConnectCall) {
         let labels = CallLabels {
-            family: family_label(c.family),
+            family: family_name(c.family),
             result: errno::result_label(c.ret, CALL_RESULTS),
-            comm: self.labels.comm.then(|| comm_label(&c.comm)),
+            opt: OptLabels {
+                comm: self.ctx.labels.comm.then(|| name_label(&c.comm)),
+                ..OptLabels::default()
+            },
         };
         let labels = self.calls_cap.admit(labels);
         self.calls.get_or_create(&labels).inc();
     }
+}
 
-    pub fn on_tcp_connect(&mut self, t: &TcpConnect) {
-        let family = family_label(t.family);
+impl OnRecord<TcpConnect> for ConnectAggregator {
+    fn on(&mut self, t: &TcpConnect) {
+        let family = family_name(t.family);
         let outcome = outcome(t.newstate, t.sk_err);
-        let comm = self.labels.comm.then(|| comm_label(&t.comm));
-        let (peer, port) = peer_port(self.labels.peer, t.family, &t.daddr, t.dport);
+        let comm = self.ctx.labels.comm.then(|| name_label(&t.comm));
+        let (peer, port) = peer_port(self.ctx.labels.peer, t.family, &t.daddr, t.dport);
         let labels = TcpLabels {
             family,
             outcome,
-            comm: comm.clone(),
-            peer,
-            port,
+            opt: OptLabels {
+                comm: comm.clone(),
+                peer,
+                port,
+            },
         };
         let labels = self.connects_cap.admit(labels);
         self.connects.get_or_create(&labels).inc();
 
-        let dl = self.duration_cap.admit(DurationLabels {
+        let dl = self.duration_cap.admit(TcpLabels {
             family,
             outcome,
-            comm,
+            opt: OptLabels {
+                comm,
+                ..OptLabels::default()
+            },
         });
         self.duration
             .get_or_create(&dl)
             .observe(ns_to_seconds(t.duration_ns));
 
-        if self.spans.is_on() {
-            let end = self.clock.unix_nanos(t.hdr.ts_ns);
+        if self.ctx.spans.is_on() {
+            let end = self.ctx.clock.unix_nanos(t.hdr.ts_ns);
             let mut attributes = vec![
                 ("network.type", family.to_string()),
                 ("network.transport", "tcp".to_string()),
                 ("network.peer.port", t.dport.to_string()),
                 ("process.pid", t.tgid.to_string()),
-                ("process.command", comm_label(&t.comm).to_string()),
+                ("process.command", name_label(&t.comm).to_string()),
                 ("edgewatch.outcome", outcome.to_string()),
             ];
-            if let Some(p) = self::peer(t.family, &t.daddr) {
+            if let Some(p) = ip_addr(t.family, &t.daddr) {
                 attributes.push(("network.peer.address", p.to_string()));
             }
-            self.spans.push(SpanRecord {
+            self.ctx.spans.push(SpanRecord {
                 name: "tcp.connect",
                 start_unix_ns: end.saturating_sub(t.duration_ns),
                 end_unix_ns: end,
@@ -298,17 +227,5 @@ mod tests {
         assert_eq!(outcome(7, libc::EHOSTUNREACH), "unreachable");
         assert_eq!(outcome(7, libc::ENETUNREACH), "unreachable");
         assert_eq!(outcome(7, 0), "other");
-    }
-
-    #[test]
-    fn peers() {
-        let mut a = [0u8; 16];
-        a[..4].copy_from_slice(&[10, 0, 0, 1]);
-        assert_eq!(peer(2, &a).unwrap().to_string(), "10.0.0.1");
-        assert_eq!(
-            peer(10, &Ipv6Addr::LOCALHOST.octets()).unwrap().to_string(),
-            "::1"
-        );
-        assert_eq!(peer(1, &a), None);
     }
 }

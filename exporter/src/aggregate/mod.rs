@@ -1,30 +1,60 @@
-//! Aggregation: decoded records in, metric updates out. Pure and
-//! synchronous (no aya, no tokio), so it is unit-tested on plain data.
+//! Aggregation: decoded records in, metric updates (and spans) out. Pure
+//! and synchronous (no aya, no tokio), so it is unit-tested on plain data.
+//! One aggregator per probe; it implements [`OnRecord`] for each record
+//! kind its probe owns (see `probe::Handler`).
 
 pub mod connect;
-pub mod labels;
 pub mod map;
 pub mod retransmit;
-pub mod spans;
 
 use std::sync::Arc;
 
-/// Address family label values.
-pub fn family_label(family: u16) -> &'static str {
-    match i32::from(family) {
-        libc::AF_INET => "ipv4",
-        libc::AF_INET6 => "ipv6",
-        libc::AF_UNIX => "unix",
-        _ => "other",
+use prometheus_client::metrics::{counter::Counter, family::Family};
+
+use crate::vocab::{
+    clock::Clock,
+    kernel::ip_addr,
+    labels::{Foldable, MetricLabel, OptInLabels, SeriesCap},
+    spans::SpanSink,
+};
+
+/// Takes one decoded record of type `R`.
+pub trait OnRecord<R> {
+    fn on(&mut self, record: &R);
+}
+
+/// What every aggregator is built with.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// Which opt-in labels are on.
+    pub labels: OptInLabels,
+    /// Series cap per metric family for label sets with opt-in labels.
+    pub series_limit: usize,
+    /// `edgewatch_series_dropped_total`, moved by every series cap.
+    pub series_dropped: Family<MetricLabel, Counter>,
+    /// Kernel timestamps to Unix time.
+    pub clock: Clock,
+    /// Where spans go (off unless OTLP traces are on).
+    pub spans: SpanSink,
+}
+
+impl Context {
+    /// A series cap for `metric` with the configured limit.
+    pub fn cap<L: Foldable>(&self, metric: &'static str) -> SeriesCap<L> {
+        SeriesCap::new(metric, self.series_limit, &self.series_dropped)
     }
 }
 
-/// A process name as a label value (lossy UTF-8, shared).
-pub fn comm_label(comm: &[u8; edgewatch_common::COMM_LEN]) -> Arc<str> {
-    Arc::from(String::from_utf8_lossy(edgewatch_common::comm_str(comm)).as_ref())
-}
-
-/// Nanoseconds to seconds, the base unit of every duration we export.
-pub fn ns_to_seconds(ns: u64) -> f64 {
-    ns as f64 / 1e9
+/// The opt-in `peer` and `port` label values of a connection, when on.
+pub fn peer_port(
+    on: bool,
+    family: u16,
+    daddr: &[u8; 16],
+    dport: u16,
+) -> (Option<Arc<str>>, Option<Arc<str>>) {
+    if !on {
+        return (None, None);
+    }
+    let peer = ip_addr(family, daddr).map(|a| Arc::from(a.to_string()));
+    (peer, Some(Arc::from(dport.to_string())))
 }

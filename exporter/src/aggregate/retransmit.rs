@@ -20,21 +20,19 @@
 //! states = 28, segments 2, skipped 6. With `peer` (address and port), each
 //! family is capped at `metrics.series_limit` label sets plus overflow.
 
-use std::sync::Arc;
-
 use edgewatch_common::{RTX_HAS_ERR, RTX_SYNACK, Retransmit};
 use prometheus_client::{
-    encoding::{EncodeLabelSet, LabelSetEncoder},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
 
-use super::{
-    family_label,
-    labels::{Foldable, MetricLabel, SeriesCap, encode_label, encode_opt, fold, peer_port},
+use super::{Context, OnRecord, peer_port};
+use crate::vocab::{
+    errno,
+    kernel::{family_name, tcp_state_name},
+    labels::{Foldable, OptLabels, SeriesCap},
 };
-use crate::aggregate::labels::label_set;
-use crate::{config::OptInLabels, errno};
 
 /// Errors with which `__tcp_retransmit_skb()` returns before it adds to
 /// TcpRetransSegs.
@@ -45,26 +43,6 @@ pub const EARLY_EXITS: &[i32] = &[
     libc::EHOSTUNREACH,
     libc::EAGAIN,
 ];
-
-/// TCP state names (include/net/tcp_states.h), lower case.
-pub fn state_name(state: u8) -> &'static str {
-    match state {
-        1 => "established",
-        2 => "syn_sent",
-        3 => "syn_recv",
-        4 => "fin_wait1",
-        5 => "fin_wait2",
-        6 => "time_wait",
-        7 => "close",
-        8 => "close_wait",
-        9 => "last_ack",
-        10 => "listen",
-        11 => "closing",
-        12 => "new_syn_recv",
-        13 => "bound_inactive",
-        _ => "other",
-    }
-}
 
 /// How many segments the kernel added to TcpRetransSegs for this event, or
 /// the errno of the early exit that kept it from counting.
@@ -78,32 +56,33 @@ pub fn counted_segments(r: &Retransmit) -> Result<u64, i32> {
     Ok(u64::from(r.segs))
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+/// Labels of `edgewatch_tcp_retransmits_total` (opt-in: `peer`, `port`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetransmitLabels {
     pub family: &'static str,
     pub state: &'static str,
-    pub peer: Option<Arc<str>>,
-    pub port: Option<Arc<str>>,
+    #[prometheus(flatten)]
+    pub opt: OptLabels,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+/// Labels of `edgewatch_tcp_retransmitted_segments_total` (opt-in: `peer`,
+/// `port`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SegmentLabels {
     pub family: &'static str,
-    pub peer: Option<Arc<str>>,
-    pub port: Option<Arc<str>>,
+    #[prometheus(flatten)]
+    pub opt: OptLabels,
 }
 
-label_set! {
-    pub struct ReasonLabel {
-        pub reason: &'static str,
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 impl Foldable for RetransmitLabels {
     fn folded(&self) -> Self {
         Self {
-            peer: fold(&self.peer),
-            port: fold(&self.port),
+            opt: self.opt.folded(),
             ..self.clone()
         }
     }
@@ -112,32 +91,14 @@ impl Foldable for RetransmitLabels {
 impl Foldable for SegmentLabels {
     fn folded(&self) -> Self {
         Self {
-            peer: fold(&self.peer),
-            port: fold(&self.port),
+            opt: self.opt.folded(),
             ..self.clone()
         }
     }
 }
 
-impl EncodeLabelSet for RetransmitLabels {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "family", self.family)?;
-        encode_label(enc, "state", self.state)?;
-        encode_opt(enc, "peer", self.peer.as_deref())?;
-        encode_opt(enc, "port", self.port.as_deref())
-    }
-}
-
-impl EncodeLabelSet for SegmentLabels {
-    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        encode_label(enc, "family", self.family)?;
-        encode_opt(enc, "peer", self.peer.as_deref())?;
-        encode_opt(enc, "port", self.port.as_deref())
-    }
-}
-
 pub struct RetransmitAggregator {
-    labels: OptInLabels,
+    ctx: Context,
     retransmits: Family<RetransmitLabels, Counter>,
     segments: Family<SegmentLabels, Counter>,
     skipped: Family<ReasonLabel, Counter>,
@@ -146,12 +107,8 @@ pub struct RetransmitAggregator {
 }
 
 impl RetransmitAggregator {
-    pub fn register(
-        registry: &mut Registry,
-        labels: OptInLabels,
-        series_limit: usize,
-        dropped: &Family<MetricLabel, Counter>,
-    ) -> Self {
+    /// Registers the retransmit metrics and returns their aggregator.
+    pub fn register(registry: &mut Registry, ctx: &Context) -> Self {
         let retransmits = Family::<RetransmitLabels, Counter>::default();
         let segments = Family::<SegmentLabels, Counter>::default();
         let skipped = Family::<ReasonLabel, Counter>::default();
@@ -171,24 +128,18 @@ impl RetransmitAggregator {
             skipped.clone(),
         );
         Self {
-            labels,
-            retransmits_cap: SeriesCap::new(
-                "edgewatch_tcp_retransmits_total",
-                series_limit,
-                dropped.clone(),
-            ),
-            segments_cap: SeriesCap::new(
-                "edgewatch_tcp_retransmitted_segments_total",
-                series_limit,
-                dropped.clone(),
-            ),
+            retransmits_cap: ctx.cap("edgewatch_tcp_retransmits_total"),
+            segments_cap: ctx.cap("edgewatch_tcp_retransmitted_segments_total"),
+            ctx: ctx.clone(),
             retransmits,
             segments,
             skipped,
         }
     }
+}
 
-    pub fn on_retransmit(&mut self, r: &Retransmit) {
+impl OnRecord<Retransmit> for RetransmitAggregator {
+    fn on(&mut self, r: &Retransmit) {
         let segs = match counted_segments(r) {
             Ok(n) => n,
             Err(errno) => {
@@ -197,19 +148,20 @@ impl RetransmitAggregator {
                 return;
             }
         };
-        let family = family_label(r.family);
-        let (peer, port) = peer_port(self.labels.peer, r.family, &r.daddr, r.dport);
-        let l = RetransmitLabels {
-            family,
-            state: state_name(r.state),
-            peer: peer.clone(),
-            port: port.clone(),
+        let family = family_name(r.family);
+        let (peer, port) = peer_port(self.ctx.labels.peer, r.family, &r.daddr, r.dport);
+        let opt = OptLabels {
+            comm: None,
+            peer,
+            port,
         };
-        let l = self.retransmits_cap.admit(l);
+        let l = self.retransmits_cap.admit(RetransmitLabels {
+            family,
+            state: tcp_state_name(r.state),
+            opt: opt.clone(),
+        });
         self.retransmits.get_or_create(&l).inc();
-        let s = self
-            .segments_cap
-            .admit(SegmentLabels { family, peer, port });
+        let s = self.segments_cap.admit(SegmentLabels { family, opt });
         self.segments.get_or_create(&s).inc_by(segs);
     }
 }
@@ -246,15 +198,5 @@ mod tests {
         assert_eq!(counted_segments(&rtx(0, 0, 4)), Ok(4));
         // SYN-ACK: exactly one.
         assert_eq!(counted_segments(&rtx(RTX_SYNACK, 0, 1)), Ok(1));
-    }
-
-    #[test]
-    fn state_names() {
-        assert_eq!(state_name(1), "established");
-        assert_eq!(state_name(2), "syn_sent");
-        assert_eq!(state_name(3), "syn_recv");
-        assert_eq!(state_name(12), "new_syn_recv");
-        assert_eq!(state_name(0), "other");
-        assert_eq!(state_name(200), "other");
     }
 }

@@ -1,5 +1,6 @@
-//! Exporters: the Prometheus scrape endpoint and the OTLP push.
+//! Exporters: the Prometheus scrape endpoint and the OTLP push, both
+//! reading one typed snapshot of the registry (model.rs).
 
-pub mod openmetrics;
+pub mod model;
 pub mod otlp;
 pub mod prometheus;

@@ -1,19 +1,17 @@
-//! OTLP/HTTP metrics push (protobuf, `POST <endpoint>/v1/metrics`): every
-//! interval, the same exposition a scrape would return (ring buffer drained
-//! first, collectors read) is converted to OTLP and sent to a collector.
-//! Counters become cumulative monotonic sums, gauges gauges, histograms
-//! explicit-bucket histograms. A collector that is down or answers an error
-//! is counted in `edgewatch_export_errors_total{exporter="otlp",reason}` and
-//! the next interval tries again; nothing blocks the scrape path.
+//! OTLP/HTTP push (protobuf, `POST <endpoint>/v1/metrics`): every
+//! interval, the same metrics a scrape would return (ring buffer drained
+//! first, collectors read), read as one typed snapshot (model.rs) and
+//! converted to OTLP. Counters become cumulative monotonic sums, gauges
+//! gauges, histograms explicit-bucket histograms. A collector that is down
+//! or answers an error is counted in
+//! `edgewatch_export_errors_total{exporter="otlp",reason}` and the next
+//! interval tries again; nothing blocks the scrape path.
 //!
 //! The protobuf types come from opentelemetry-proto (the OpenTelemetry
 //! project's generated messages); the HTTP client is hyper's, already in
 //! the tree through axum.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
 use axum::http::{Request, Uri, header};
 use http_body_util::Full;
@@ -28,37 +26,22 @@ use opentelemetry_proto::tonic::{
     resource::v1::Resource,
     trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode},
 };
-use prometheus_client::{
-    metrics::{counter::Counter, family::Family},
-    registry::Registry,
-};
+use prometheus_client::registry::Registry;
 use prost::Message;
 use tokio::sync::watch;
 
-use super::openmetrics::{Kind, MetricFamily, parse};
-use crate::aggregate::labels::label_set;
-use crate::{
-    aggregate::spans::{SpanRecord, SpanSink},
-    pipeline::FlushHandle,
+use super::model::{
+    self, as_integer,
+    data::{LabelPair, MetricFamily, MetricType},
 };
-
-label_set! {
-    pub struct ExportErrorLabels {
-        pub exporter: &'static str,
-        pub reason: &'static str,
-    }
-}
-
-/// Registers `edgewatch_export_errors_total`.
-pub fn register_errors(registry: &mut Registry) -> Family<ExportErrorLabels, Counter> {
-    let f = Family::<ExportErrorLabels, Counter>::default();
-    registry.register(
-        "edgewatch_export_errors",
-        "Failed pushes to an exporter's destination, by exporter and reason",
-        f.clone(),
-    );
-    f
-}
+use crate::{
+    pipeline::FlushHandle,
+    telemetry::{Telemetry, events::ExportFailed},
+    vocab::{
+        clock::unix_nanos,
+        spans::{SpanRecord, SpanSink},
+    },
+};
 
 fn attr(key: &str, value: &str) -> KeyValue {
     KeyValue {
@@ -70,147 +53,127 @@ fn attr(key: &str, value: &str) -> KeyValue {
     }
 }
 
-fn number(value: &str) -> Option<number_data_point::Value> {
-    if let Ok(i) = value.parse::<i64>() {
-        return Some(number_data_point::Value::AsInt(i));
+fn attrs(labels: &[LabelPair]) -> Vec<KeyValue> {
+    labels.iter().map(|l| attr(&l.name, &l.value)).collect()
+}
+
+/// Integral values go as integers, others as doubles.
+fn number(v: f64) -> number_data_point::Value {
+    match as_integer(v) {
+        Some(i) => number_data_point::Value::AsInt(i),
+        None => number_data_point::Value::AsDouble(v),
     }
-    let f = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().ok()?,
+}
+
+fn point(labels: &[LabelPair], v: f64, start: u64, now: u64) -> NumberDataPoint {
+    NumberDataPoint {
+        attributes: attrs(labels),
+        start_time_unix_nano: start,
+        time_unix_nano: now,
+        value: Some(number(v)),
+        ..Default::default()
+    }
+}
+
+/// Converts one family; None for a family with nothing to send. Counters
+/// are named without their `_total` suffix, which a collector's Prometheus
+/// exporter puts back.
+fn convert(f: &MetricFamily, start: u64, now: u64) -> Option<Metric> {
+    if f.metric.is_empty() {
+        return None;
+    }
+    let cumulative = AggregationTemporality::Cumulative as i32;
+    let (name, data) = match model::family_type(f) {
+        MetricType::Counter => (
+            f.name.strip_suffix("_total").unwrap_or(&f.name).to_string(),
+            metric::Data::Sum(Sum {
+                data_points: f
+                    .metric
+                    .iter()
+                    .filter_map(|m| Some(point(&m.label, m.counter.as_ref()?.value, start, now)))
+                    .collect(),
+                aggregation_temporality: cumulative,
+                is_monotonic: true,
+            }),
+        ),
+        MetricType::Histogram => (
+            f.name.clone(),
+            metric::Data::Histogram(Histogram {
+                data_points: f
+                    .metric
+                    .iter()
+                    .filter_map(|m| {
+                        let h = m.histogram.as_ref()?;
+                        // Cumulative buckets to OTLP's per-bucket counts.
+                        let mut prev = 0;
+                        let mut bucket_counts: Vec<u64> = h
+                            .bucket
+                            .iter()
+                            .map(|b| {
+                                let n = b.cumulative_count.saturating_sub(prev);
+                                prev = b.cumulative_count;
+                                n
+                            })
+                            .collect();
+                        if h.bucket.last().is_none_or(|b| b.upper_bound.is_finite()) {
+                            bucket_counts.push(h.sample_count.saturating_sub(prev));
+                        }
+                        Some(HistogramDataPoint {
+                            attributes: attrs(&m.label),
+                            start_time_unix_nano: start,
+                            time_unix_nano: now,
+                            count: h.sample_count,
+                            sum: Some(h.sample_sum),
+                            bucket_counts,
+                            explicit_bounds: h
+                                .bucket
+                                .iter()
+                                .map(|b| b.upper_bound)
+                                .filter(|b| b.is_finite())
+                                .collect(),
+                            ..Default::default()
+                        })
+                    })
+                    .collect(),
+                aggregation_temporality: cumulative,
+            }),
+        ),
+        _ => (
+            f.name.clone(),
+            metric::Data::Gauge(Gauge {
+                data_points: f
+                    .metric
+                    .iter()
+                    .filter_map(|m| {
+                        let v = m
+                            .gauge
+                            .as_ref()
+                            .map(|g| g.value)
+                            .or(m.untyped.as_ref().map(|u| u.value))?;
+                        Some(point(&m.label, v, start, now))
+                    })
+                    .collect(),
+            }),
+        ),
     };
-    Some(number_data_point::Value::AsDouble(f))
+    Some(Metric {
+        name,
+        description: f.help.clone(),
+        data: Some(data),
+        ..Default::default()
+    })
 }
 
-fn points(f: &MetricFamily, start: u64, now: u64) -> Vec<NumberDataPoint> {
-    f.samples
-        .iter()
-        .filter(|s| !s.name.ends_with("_created"))
-        .map(|s| NumberDataPoint {
-            attributes: s.labels.iter().map(|(k, v)| attr(k, v)).collect(),
-            start_time_unix_nano: start,
-            time_unix_nano: now,
-            value: number(&s.value),
-            ..Default::default()
-        })
-        .collect()
-}
-
-/// One histogram series being assembled: its labels without `le`, the
-/// point, and its cumulative (bound, count) buckets.
-type HistogramGroup = (Vec<(String, String)>, HistogramDataPoint, Vec<(f64, u64)>);
-
-fn histogram_points(f: &MetricFamily, start: u64, now: u64) -> Vec<HistogramDataPoint> {
-    // Group by label set without `le`, in first-seen order.
-    let mut groups: Vec<HistogramGroup> = Vec::new();
-    for s in &f.samples {
-        let labels: Vec<(String, String)> = s
-            .labels
-            .iter()
-            .filter(|(k, _)| k != "le")
-            .cloned()
-            .collect();
-        let i = match groups.iter().position(|g| g.0 == labels) {
-            Some(i) => i,
-            None => {
-                groups.push((
-                    labels.clone(),
-                    HistogramDataPoint {
-                        attributes: labels.iter().map(|(k, v)| attr(k, v)).collect(),
-                        start_time_unix_nano: start,
-                        time_unix_nano: now,
-                        ..Default::default()
-                    },
-                    Vec::new(),
-                ));
-                groups.len() - 1
-            }
-        };
-        let g = &mut groups[i];
-        if s.name.ends_with("_sum") {
-            g.1.sum = s.value.parse().ok();
-        } else if s.name.ends_with("_count") {
-            g.1.count = s.value.parse().unwrap_or(0);
-        } else if s.name.ends_with("_bucket") {
-            let le = s
-                .labels
-                .iter()
-                .find(|(k, _)| k == "le")
-                .map(|(_, v)| v.as_str());
-            let bound = match le {
-                Some("+Inf") => f64::INFINITY,
-                Some(v) => v.parse().unwrap_or(f64::INFINITY),
-                None => continue,
-            };
-            g.2.push((bound, s.value.parse().unwrap_or(0)));
-        }
-    }
-    groups
-        .into_iter()
-        .map(|(_, mut p, mut buckets)| {
-            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-            // OpenMetrics buckets are cumulative; OTLP's are per bucket.
-            let mut prev = 0;
-            for (bound, cumulative) in buckets {
-                if bound.is_finite() {
-                    p.explicit_bounds.push(bound);
-                }
-                p.bucket_counts.push(cumulative.saturating_sub(prev));
-                prev = cumulative;
-            }
-            p
-        })
-        .collect()
-}
-
-/// Converts an exposition to an OTLP export request.
+/// Converts a snapshot to an OTLP export request.
 pub fn to_request(
     families: &[MetricFamily],
     start: u64,
     now: u64,
     host: &str,
 ) -> ExportMetricsServiceRequest {
-    let cumulative = AggregationTemporality::Cumulative as i32;
     let metrics = families
         .iter()
-        .filter(|f| !f.samples.is_empty())
-        .map(|f| {
-            let (name, data) = match f.kind {
-                Kind::Counter => (
-                    f.name.clone(),
-                    metric::Data::Sum(Sum {
-                        data_points: points(f, start, now),
-                        aggregation_temporality: cumulative,
-                        is_monotonic: true,
-                    }),
-                ),
-                Kind::Histogram => (
-                    f.name.clone(),
-                    metric::Data::Histogram(Histogram {
-                        data_points: histogram_points(f, start, now),
-                        aggregation_temporality: cumulative,
-                    }),
-                ),
-                Kind::Info => (
-                    format!("{}_info", f.name),
-                    metric::Data::Gauge(Gauge {
-                        data_points: points(f, start, now),
-                    }),
-                ),
-                Kind::Gauge | Kind::Unknown => (
-                    f.name.clone(),
-                    metric::Data::Gauge(Gauge {
-                        data_points: points(f, start, now),
-                    }),
-                ),
-            };
-            Metric {
-                name,
-                description: f.help.clone(),
-                data: Some(data),
-                ..Default::default()
-            }
-        })
+        .filter_map(|f| convert(f, start, now))
         .collect();
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
@@ -313,13 +276,6 @@ pub fn to_trace_request(
     }
 }
 
-fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -365,7 +321,7 @@ pub async fn run(
     settings: OtlpSettings,
     registry: Arc<Registry>,
     flush: FlushHandle,
-    errors: Family<ExportErrorLabels, Counter>,
+    telemetry: Telemetry,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
@@ -373,7 +329,6 @@ pub async fn run(
     let host = hostname();
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_log: Option<std::time::Instant> = None;
     let mut ids = IdGen::seeded();
     loop {
         let stopping = tokio::select! {
@@ -381,17 +336,22 @@ pub async fn run(
             _ = shutdown.changed() => true,
         };
         let _ = flush.flush(settings.timeout).await;
-        let mut text = String::new();
-        if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
-            errors
-                .get_or_create(&ExportErrorLabels {
+        let families = match model::snapshot(&registry) {
+            Ok(families) => families,
+            Err(e) => {
+                telemetry.emit(ExportFailed {
                     exporter: "otlp",
                     reason: "encode",
-                })
-                .inc();
-            continue;
-        }
-        let body = to_request(&parse(&text), start, unix_nanos(), &host).encode_to_vec();
+                    error: &e,
+                    endpoint: &settings.uri,
+                });
+                if stopping {
+                    return;
+                }
+                continue;
+            }
+        };
+        let body = to_request(&families, start, unix_nanos(), &host).encode_to_vec();
         let mut result = post(&client, &settings.uri, body, settings.timeout).await;
         if let Some((uri, sink)) = &settings.traces {
             let spans = sink.drain();
@@ -401,17 +361,12 @@ pub async fn run(
             }
         }
         if let Err((reason, error)) = result {
-            errors
-                .get_or_create(&ExportErrorLabels {
-                    exporter: "otlp",
-                    reason,
-                })
-                .inc();
-            let now = std::time::Instant::now();
-            if last_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60)) {
-                last_log = Some(now);
-                tracing::warn!(%error, endpoint = %settings.uri, "OTLP push failed (counted in edgewatch_export_errors_total; retrying every interval)");
-            }
+            telemetry.emit(ExportFailed {
+                exporter: "otlp",
+                reason,
+                error: &error,
+                endpoint: &settings.uri,
+            });
         }
         if stopping {
             return;
@@ -421,28 +376,52 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    use prometheus_client::metrics::{
+        counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info,
+    };
+
     use super::*;
 
     #[test]
     fn converts_counters_gauges_and_histograms() {
-        let text = "# HELP c Calls.\n# TYPE c counter\nc_total{r=\"ok\"} 5\n\
-            # HELP g Level.\n# TYPE g gauge\ng 0.25\n\
-            # HELP h Durations.\n# TYPE h histogram\n\
-            h_sum{f=\"a\"} 1.5\nh_count{f=\"a\"} 4\n\
-            h_bucket{le=\"0.1\",f=\"a\"} 1\nh_bucket{le=\"1.0\",f=\"a\"} 3\nh_bucket{le=\"+Inf\",f=\"a\"} 4\n\
-            # HELP b Build.\n# TYPE b info\nb_info{version=\"1\"} 1\n# EOF\n";
-        let req = to_request(&parse(text), 1, 2, "host");
+        let mut r = Registry::default();
+        let c = Family::<Vec<(String, String)>, Counter>::default();
+        c.get_or_create(&vec![("r".into(), "ok".into())]).inc_by(5);
+        r.register("c", "Calls", c);
+        let g: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+        g.set(0.25);
+        r.register("g", "Level", g);
+        let h = Family::<Vec<(String, String)>, Histogram, fn() -> Histogram>::new_with_constructor(
+            || Histogram::new([0.1, 1.0]),
+        );
+        {
+            let p = h.get_or_create(&vec![("f".into(), "a".into())]);
+            for v in [0.05, 0.5, 0.7, 5.0] {
+                p.observe(v);
+            }
+        }
+        r.register("h", "Durations", h);
+        r.register("b", "Build", Info::new(vec![("version", "1")]));
+        r.register(
+            "empty",
+            "Nothing yet",
+            Family::<Vec<(String, String)>, Counter>::default(),
+        );
+
+        let req = to_request(&model::snapshot(&r).unwrap(), 1, 2, "host");
         let m = &req.resource_metrics[0].scope_metrics[0].metrics;
-        assert_eq!(m.len(), 4);
+        assert_eq!(m.len(), 4, "the empty family is left out");
         let Some(metric::Data::Sum(s)) = &m[0].data else {
             panic!("sum")
         };
         assert!(s.is_monotonic);
+        assert_eq!(m[0].name, "c");
         assert_eq!(
             s.data_points[0].value,
             Some(number_data_point::Value::AsInt(5))
         );
         assert_eq!(s.data_points[0].attributes[0].key, "r");
+        assert_eq!(s.data_points[0].start_time_unix_nano, 1);
         let Some(metric::Data::Gauge(g)) = &m[1].data else {
             panic!("gauge")
         };
@@ -454,11 +433,19 @@ mod tests {
             panic!("histogram")
         };
         let p = &h.data_points[0];
-        assert_eq!((p.count, p.sum), (4, Some(1.5)));
+        assert_eq!((p.count, p.sum), (4, Some(6.25)));
         assert_eq!(p.explicit_bounds, vec![0.1, 1.0]);
         assert_eq!(p.bucket_counts, vec![1, 2, 1]);
         assert_eq!(p.attributes.len(), 1);
         assert_eq!(m[3].name, "b_info");
+        let Some(metric::Data::Gauge(b)) = &m[3].data else {
+            panic!("info as a gauge")
+        };
+        assert_eq!(
+            b.data_points[0].value,
+            Some(number_data_point::Value::AsInt(1))
+        );
+        assert_eq!(b.data_points[0].attributes[0].key, "version");
         // Round trip through the wire format.
         let bytes = req.encode_to_vec();
         assert_eq!(

@@ -2,11 +2,12 @@
 //! Prometheus text format (0.0.4) by content negotiation, `GET /healthz`, and
 //! a landing page.
 //!
-//! prometheus-client encodes OpenMetrics only; [`to_prometheus_text`]
-//! rewrites its output into the classic format for clients that do not ask
-//! for OpenMetrics (curl, older Prometheus, many agents).
+//! OpenMetrics comes from prometheus-client's own encoder; the classic
+//! format, for clients that do not ask for OpenMetrics (curl, older
+//! Prometheus, many agents), is written from the typed snapshot
+//! (model.rs).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -17,6 +18,7 @@ use axum::{
 };
 use prometheus_client::registry::Registry;
 
+use super::model;
 use crate::pipeline::FlushHandle;
 
 pub const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -75,102 +77,31 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     {
         tracing::warn!("ring-buffer drain before scrape timed out; serving what is aggregated");
     }
-    let mut body = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        tracing::error!(error = %e, "encoding metrics failed");
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "encoding metrics failed\n",
-        )
-            .into_response();
-    }
-    let (content_type, body) = if wants_openmetrics(&headers) {
-        (OPENMETRICS_TYPE, body)
+    let encoded = if wants_openmetrics(&headers) {
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &state.registry)
+            .map(|()| (OPENMETRICS_TYPE, body))
     } else {
-        (TEXT_TYPE, to_prometheus_text(&body))
+        model::snapshot(&state.registry).map(|set| {
+            let mut body = String::new();
+            model::write_prometheus_text(&set, &mut body);
+            (TEXT_TYPE, body)
+        })
     };
-    (
-        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
-        body,
-    )
-        .into_response()
-}
-
-/// Rewrites OpenMetrics text into the Prometheus text format 0.0.4:
-/// counter families are named with their `_total` suffix, info families
-/// become gauges named `<name>_info`, `# UNIT`, `# EOF`, `_created` samples
-/// and exemplars are dropped.
-pub fn to_prometheus_text(om: &str) -> String {
-    let mut types: HashMap<&str, &str> = HashMap::new();
-    for line in om.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ")
-            && let Some((name, ty)) = rest.split_once(' ')
-        {
-            types.insert(name, ty);
+    match encoded {
+        Ok((content_type, body)) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding metrics failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding metrics failed\n",
+            )
+                .into_response()
         }
-    }
-    let renamed = |name: &str| -> (String, &'static str) {
-        match types.get(name).copied() {
-            Some("counter") => (format!("{name}_total"), "counter"),
-            Some("info") => (format!("{name}_info"), "gauge"),
-            Some("gauge") => (name.to_string(), "gauge"),
-            Some("histogram") => (name.to_string(), "histogram"),
-            Some("summary") => (name.to_string(), "summary"),
-            _ => (name.to_string(), "untyped"),
-        }
-    };
-    let mut out = String::with_capacity(om.len());
-    for line in om.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-            out.push_str(&format!("# HELP {} {help}\n", renamed(name).0));
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let name = rest.split_once(' ').map_or(rest, |(n, _)| n);
-            let (name, ty) = renamed(name);
-            out.push_str(&format!("# TYPE {name} {ty}\n"));
-            continue;
-        }
-        if line.starts_with('#') {
-            continue;
-        }
-        let sample_name = line.split(['{', ' ']).next().unwrap_or("");
-        if sample_name.ends_with("_created") {
-            continue;
-        }
-        out.push_str(strip_exemplar(line));
-        out.push('\n');
-    }
-    out
-}
-
-/// A sample line without its exemplar (` # {...}` after the value); label
-/// values may contain ` # ` themselves, so the search starts after them.
-fn strip_exemplar(line: &str) -> &str {
-    let mut labels_end = 0;
-    if let Some(open) = line.find('{') {
-        let mut in_quotes = false;
-        let mut escaped = false;
-        for (i, c) in line[open..].char_indices() {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' => in_quotes = !in_quotes,
-                '}' if !in_quotes => {
-                    labels_end = open + i;
-                    break;
-                }
-                _ => {}
-            }
-        }
-    }
-    match line[labels_end..].find(" # ") {
-        Some(i) => &line[..labels_end + i],
-        None => line,
     }
 }
 
@@ -269,14 +200,5 @@ mod tests {
         assert_eq!(get("/healthz", None).await.2, "ok\n");
         assert!(get("/", None).await.2.contains("href=\"/metrics\""));
         assert_eq!(get("/nope", None).await.0, StatusCode::NOT_FOUND);
-    }
-
-    #[test]
-    fn drops_created_and_exemplars() {
-        let om = "# HELP x Help.\n# TYPE x counter\nx_total{a=\"b # c\"} 1 # {trace_id=\"1\"} 1.0\nx_created 17\n# EOF\n";
-        assert_eq!(
-            to_prometheus_text(om),
-            "# HELP x_total Help.\n# TYPE x_total counter\nx_total{a=\"b # c\"} 1\n"
-        );
     }
 }

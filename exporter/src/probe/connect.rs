@@ -1,6 +1,7 @@
 //! connect probe: `syscalls:sys_enter_connect`/`sys_exit_connect` for every
-//! connect() and `sock:inet_sock_set_state` for every TCP handshake leaving
-//! SYN_SENT (kernel 4.16+). BPF side: exporter-ebpf/src/connect.bpf.c.
+//! connect() and `inet_sock_set_state` for every TCP handshake leaving
+//! SYN_SENT (kernel 4.16+). BPF side: exporter-ebpf/src/probes/connect.bpf.c;
+//! aggregation: aggregate/connect.rs.
 //!
 //! The syscall hooks are per-syscall tracepoints (they cost other syscalls
 //! nothing). The handshake hook is `tp_btf/inet_sock_set_state` where the
@@ -9,89 +10,98 @@
 //! otherwise the classic `sock:inet_sock_set_state`. The attach mode
 //! reported is the handshake hook's.
 
-use aya::Ebpf;
-use edgewatch_common::{KIND_CONNECT_CALL, KIND_TCP_CONNECT, PROBE_CONNECT};
-use prometheus_client::registry::Registry;
+use edgewatch_common::{ConnectCall, PROBE_CONNECT, TcpConnect};
 
-use super::{AttachMode, Probe, ProbeError, attach_tp_btf, attach_tracepoint, error_chain};
-use crate::{
-    aggregate::{connect::ConnectAggregator, map::Clock},
-    config::Settings,
-    decode::{self, DecodeError},
-    telemetry::Telemetry,
+use super::{
+    AttachMode, Handler, Hook, Link, ProbeDef,
+    fixture::{bytes, hdr, ipv4, name},
+};
+use crate::aggregate::connect::ConnectAggregator;
+
+const ENTER: Hook = Hook::Tracepoint {
+    program: "ew_connect_enter",
+    category: "syscalls",
+    name: "sys_enter_connect",
+};
+const EXIT: Hook = Hook::Tracepoint {
+    program: "ew_connect_exit",
+    category: "syscalls",
+    name: "sys_exit_connect",
 };
 
-pub struct ConnectProbe {
-    agg: ConnectAggregator,
-    try_tp_btf: bool,
+pub const PROBE: ProbeDef<ConnectAggregator> = ProbeDef {
+    name: "connect",
+    about: "every connect() and TCP handshake: results, outcomes, durations",
+    id: PROBE_CONNECT,
+    records: &[Handler::of::<ConnectCall>(), Handler::of::<TcpConnect>()],
+    chain: &[
+        Link {
+            mode: AttachMode::TpBtf,
+            hooks: &[
+                ENTER,
+                EXIT,
+                Hook::TpBtf {
+                    program: "ew_sock_state_btf",
+                    event: "inet_sock_set_state",
+                },
+            ],
+        },
+        Link {
+            mode: AttachMode::Tracepoint,
+            hooks: &[
+                ENTER,
+                EXIT,
+                Hook::Tracepoint {
+                    program: "ew_sock_state_tp",
+                    category: "sock",
+                    name: "inet_sock_set_state",
+                },
+            ],
+        },
+    ],
+    aggregator: ConnectAggregator::register,
+    collector: None,
+    fixtures,
+};
+
+fn call(ret: i32, family: u16, comm: &str) -> Vec<u8> {
+    bytes(&ConnectCall {
+        hdr: hdr::<ConnectCall>(),
+        tgid: 42,
+        pid: 42,
+        ret,
+        family,
+        _pad: 0,
+        comm: name(comm),
+    })
 }
 
-impl ConnectProbe {
-    pub fn new(
-        registry: &mut Registry,
-        settings: &Settings,
-        telemetry: &Telemetry,
-        clock: Clock,
-    ) -> Self {
-        Self {
-            agg: ConnectAggregator::register(
-                registry,
-                settings.labels,
-                settings.series_limit,
-                &telemetry.series_dropped,
-                clock,
-                telemetry.spans.clone(),
-            ),
-            try_tp_btf: settings.mode_allowed("tp_btf"),
-        }
-    }
+fn handshake(newstate: u16, sk_err: i32, duration_ns: u64, comm: &str) -> Vec<u8> {
+    bytes(&TcpConnect {
+        hdr: hdr::<TcpConnect>(),
+        duration_ns,
+        tgid: 42,
+        sk_err,
+        family: libc::AF_INET as u16,
+        dport: 8080,
+        newstate,
+        _pad: 0,
+        daddr: ipv4([127, 0, 0, 1]),
+        comm: name(comm),
+    })
 }
 
-impl Probe for ConnectProbe {
-    fn name(&self) -> &'static str {
-        "connect"
-    }
-
-    fn id(&self) -> u32 {
-        PROBE_CONNECT
-    }
-
-    fn kinds(&self) -> &'static [u16] {
-        &[KIND_CONNECT_CALL, KIND_TCP_CONNECT]
-    }
-
-    fn programs(&self) -> &'static [&'static str] {
-        &[
-            "ew_connect_enter",
-            "ew_connect_exit",
-            "ew_sock_state_btf",
-            "ew_sock_state_tp",
-        ]
-    }
-
-    fn attach(&mut self, bpf: &mut Ebpf) -> Result<AttachMode, ProbeError> {
-        attach_tracepoint(bpf, "ew_connect_enter", "syscalls", "sys_enter_connect")?;
-        attach_tracepoint(bpf, "ew_connect_exit", "syscalls", "sys_exit_connect")?;
-        if self.try_tp_btf {
-            match attach_tp_btf(bpf, "ew_sock_state_btf", "inet_sock_set_state") {
-                Ok(()) => return Ok(AttachMode::TpBtf),
-                Err(e) => tracing::info!(
-                    probe = "connect",
-                    reason = %error_chain(&e),
-                    "tp_btf/inet_sock_set_state unavailable; using the classic tracepoint"
-                ),
-            }
-        }
-        attach_tracepoint(bpf, "ew_sock_state_tp", "sock", "inet_sock_set_state")?;
-        Ok(AttachMode::Tracepoint)
-    }
-
-    fn handle(&mut self, kind: u16, bytes: &[u8]) -> Result<(), DecodeError> {
-        match kind {
-            KIND_CONNECT_CALL => self.agg.on_call(&decode::record(bytes)?),
-            KIND_TCP_CONNECT => self.agg.on_tcp_connect(&decode::record(bytes)?),
-            kind => return Err(DecodeError::UnknownKind { kind }),
-        }
-        Ok(())
-    }
+fn fixtures() -> Vec<Vec<u8>> {
+    let inet = libc::AF_INET as u16;
+    vec![
+        call(0, inet, "curl"),
+        call(0, inet, "curl"),
+        call(-libc::EINPROGRESS, inet, "nginx"),
+        call(-libc::ECONNREFUSED, inet, "curl"),
+        call(-libc::ENOENT, libc::AF_UNIX as u16, "systemd"),
+        handshake(1, 0, 40_000, "curl"),
+        handshake(1, 0, 3_000_000, "nginx"),
+        handshake(7, libc::ECONNREFUSED, 20_000, "curl"),
+        handshake(7, libc::ETIMEDOUT, 7_000_000_000, "curl"),
+    ]
 }

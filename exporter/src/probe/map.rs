@@ -1,199 +1,113 @@
 //! map probe: every BPF map update and delete (single and batch) from every
-//! process on the host. BPF side: exporter-ebpf/src/map.bpf.c.
+//! process on the host, and the inventory of every map and program read at
+//! scrape time. BPF side: exporter-ebpf/src/probes/map.bpf.c; aggregation:
+//! aggregate/map.rs; inventory: scrape/inventory.rs.
 //!
 //! Attach chain, cheapest first, chosen at start-up:
 //! 1. fentry/fexit on `__sys_bpf` (5.5+, BPF trampolines);
 //! 2. kprobe/kretprobe on `__sys_bpf` (CONFIG_KPROBES);
 //! 3. `syscalls:sys_enter_bpf`/`sys_exit_bpf` (always there).
-//!
-//! Each failure is recognised by what it is and logged with why: a kernel
-//! that refuses trampolines fails the load with EPERM and an empty verifier
-//! log; a kernel without kprobes has no kprobe PMU
-//! (/sys/bus/event_source/devices/kprobe/type).
 
-use aya::{
-    Btf, Ebpf,
-    programs::{FEntry, FExit, KProbe, ProgramError, kprobe::KProbeError},
+use edgewatch_common::{MapOp, PROBE_MAP};
+use prometheus_client::collector::Collector;
+
+use super::{
+    AttachMode, Handler, Hook, Link, ProbeDef,
+    fixture::{bytes, hdr, name},
 };
-use edgewatch_common::{KIND_MAP_OP, PROBE_MAP};
-use prometheus_client::registry::Registry;
-
-use super::{AttachMode, Probe, ProbeError, attach_tracepoint};
 use crate::{
-    aggregate::map::{Clock, MapAggregator},
-    config::Settings,
-    decode::{self, DecodeError},
+    aggregate::map::MapAggregator,
+    scrape::{Sources, inventory::InventoryCollector},
     telemetry::Telemetry,
 };
 
 const TARGET: &str = "__sys_bpf";
 
-pub struct MapProbe {
-    agg: MapAggregator,
-    try_fentry: bool,
-    try_kprobe: bool,
-}
-
-impl MapProbe {
-    pub fn new(
-        registry: &mut Registry,
-        settings: &Settings,
-        telemetry: &Telemetry,
-        clock: Clock,
-    ) -> Self {
-        Self {
-            agg: MapAggregator::register(
-                registry,
-                settings.labels,
-                settings.series_limit,
-                &telemetry.series_dropped,
-                clock,
-                telemetry.spans.clone(),
-            ),
-            try_fentry: settings.mode_allowed("fentry"),
-            try_kprobe: settings.mode_allowed("kprobe"),
-        }
-    }
-}
-
-/// Why a hook could not be used, in an operator's words.
-pub fn explain(e: &ProgramError) -> String {
-    match e {
-        ProgramError::LoadError { io_error, verifier_log }
-            if io_error.raw_os_error() == Some(libc::EPERM) && verifier_log.to_string().trim().is_empty() =>
-        {
-            "the kernel refuses BPF trampoline programs (load failed with EPERM and an empty verifier log)"
-                .to_string()
-        }
-        ProgramError::KProbeError(KProbeError::FileError { filename, io_error })
-            if io_error.kind() == std::io::ErrorKind::NotFound =>
-        {
-            format!("kprobes are not available: {} does not exist (CONFIG_KPROBES off?)", filename.display())
-        }
-        e => super::error_chain(e),
-    }
-}
-
-fn try_fentry(bpf: &mut Ebpf, btf: &Btf) -> Result<(), ProgramError> {
-    let entry: &mut FEntry = bpf
-        .program_mut("ew_map_fentry")
-        .ok_or(ProgramError::NotLoaded)?
-        .try_into()?;
-    entry.load(TARGET, btf)?;
-    entry.attach()?;
-    let exit: &mut FExit = bpf
-        .program_mut("ew_map_fexit")
-        .ok_or(ProgramError::NotLoaded)?
-        .try_into()?;
-    if let Err(e) = exit
-        .load(TARGET, btf)
-        .and_then(|()| exit.attach().map(|_| ()))
-    {
-        let entry: &mut FEntry = bpf
-            .program_mut("ew_map_fentry")
-            .ok_or(ProgramError::NotLoaded)?
-            .try_into()?;
-        let _ = entry.unload();
-        return Err(e);
-    }
-    Ok(())
-}
-
-fn try_kprobe(bpf: &mut Ebpf) -> Result<(), ProgramError> {
-    let entry: &mut KProbe = bpf
-        .program_mut("ew_map_kprobe")
-        .ok_or(ProgramError::NotLoaded)?
-        .try_into()?;
-    entry.load()?;
-    if let Err(e) = entry.attach(TARGET, 0) {
-        let _ = entry.unload();
-        return Err(e);
-    }
-    let exit: &mut KProbe = bpf
-        .program_mut("ew_map_kretprobe")
-        .ok_or(ProgramError::NotLoaded)?
-        .try_into()?;
-    let result = exit
-        .load()
-        .and_then(|()| exit.attach(TARGET, 0).map(|_| ()));
-    if let Err(e) = result {
-        let _ = exit.unload();
-        let entry: &mut KProbe = bpf
-            .program_mut("ew_map_kprobe")
-            .ok_or(ProgramError::NotLoaded)?
-            .try_into()?;
-        let _ = entry.unload();
-        return Err(e);
-    }
-    Ok(())
-}
-
-impl Probe for MapProbe {
-    fn name(&self) -> &'static str {
-        "map"
-    }
-
-    fn id(&self) -> u32 {
-        PROBE_MAP
-    }
-
-    fn kinds(&self) -> &'static [u16] {
-        &[KIND_MAP_OP]
-    }
-
-    fn programs(&self) -> &'static [&'static str] {
-        &[
-            "ew_map_fentry",
-            "ew_map_fexit",
-            "ew_map_kprobe",
-            "ew_map_kretprobe",
-            "ew_map_tp_enter",
-            "ew_map_tp_exit",
-        ]
-    }
-
-    fn attach(&mut self, bpf: &mut Ebpf) -> Result<AttachMode, ProbeError> {
-        if !self.try_fentry {
-            tracing::info!(probe = "map", "fentry disabled by attach.disable");
-        } else {
-            match Btf::from_sys_fs() {
-                Ok(btf) => match try_fentry(bpf, &btf) {
-                    Ok(()) => return Ok(AttachMode::Fentry),
-                    Err(e) => tracing::info!(
-                        probe = "map",
-                        reason = %explain(&e),
-                        "fentry/fexit on {TARGET} unavailable; trying kprobes"
-                    ),
+pub const PROBE: ProbeDef<MapAggregator> = ProbeDef {
+    name: "map",
+    about: "every BPF map update and delete, every map's fullness, every program's cost",
+    id: PROBE_MAP,
+    records: &[Handler::of::<MapOp>()],
+    chain: &[
+        Link {
+            mode: AttachMode::Fentry,
+            hooks: &[
+                Hook::Fentry {
+                    program: "ew_map_fentry",
+                    function: TARGET,
                 },
-                Err(e) => tracing::info!(
-                    probe = "map",
-                    reason = %e,
-                    "no kernel BTF for fentry; trying kprobes"
-                ),
-            }
-        }
-        if !self.try_kprobe {
-            tracing::info!(probe = "map", "kprobe disabled by attach.disable");
-        } else {
-            match try_kprobe(bpf) {
-                Ok(()) => return Ok(AttachMode::Kprobe),
-                Err(e) => tracing::info!(
-                    probe = "map",
-                    reason = %explain(&e),
-                    "kprobe on {TARGET} unavailable; using syscall tracepoints"
-                ),
-            }
-        }
-        attach_tracepoint(bpf, "ew_map_tp_enter", "syscalls", "sys_enter_bpf")?;
-        attach_tracepoint(bpf, "ew_map_tp_exit", "syscalls", "sys_exit_bpf")?;
-        Ok(AttachMode::Tracepoint)
-    }
+                Hook::Fexit {
+                    program: "ew_map_fexit",
+                    function: TARGET,
+                },
+            ],
+        },
+        Link {
+            mode: AttachMode::Kprobe,
+            hooks: &[
+                Hook::Kprobe {
+                    program: "ew_map_kprobe",
+                    function: TARGET,
+                },
+                Hook::Kprobe {
+                    program: "ew_map_kretprobe",
+                    function: TARGET,
+                },
+            ],
+        },
+        Link {
+            mode: AttachMode::Tracepoint,
+            hooks: &[
+                Hook::Tracepoint {
+                    program: "ew_map_tp_enter",
+                    category: "syscalls",
+                    name: "sys_enter_bpf",
+                },
+                Hook::Tracepoint {
+                    program: "ew_map_tp_exit",
+                    category: "syscalls",
+                    name: "sys_exit_bpf",
+                },
+            ],
+        },
+    ],
+    aggregator: MapAggregator::register,
+    collector: Some(inventory),
+    fixtures,
+};
 
-    fn handle(&mut self, kind: u16, bytes: &[u8]) -> Result<(), DecodeError> {
-        match kind {
-            KIND_MAP_OP => self.agg.on_op(&decode::record(bytes)?),
-            kind => return Err(DecodeError::UnknownKind { kind }),
-        }
-        Ok(())
-    }
+fn inventory(sources: &mut dyn Sources, telemetry: &Telemetry) -> Box<dyn Collector> {
+    Box::new(InventoryCollector::new(
+        sources.inventory(),
+        telemetry.clone(),
+    ))
+}
+
+fn op(cmd: u16, ret: i32, requested: u32, count: u32, id: u32, ty: u32, map: &str) -> Vec<u8> {
+    bytes(&MapOp {
+        hdr: hdr::<MapOp>(),
+        duration_ns: 1500,
+        map_id: id,
+        map_type: ty,
+        tgid: 7,
+        ret,
+        count,
+        requested,
+        cmd,
+        _pad: 0,
+        _pad2: 0,
+        map_name: name(map),
+        comm: name("cilium-agent"),
+    })
+}
+
+fn fixtures() -> Vec<Vec<u8>> {
+    vec![
+        op(2, 0, 1, 1, 10, 9, "conntrack"),
+        op(2, -libc::EEXIST, 1, 1, 10, 9, "conntrack"),
+        op(2, -libc::E2BIG, 1, 1, 10, 9, "conntrack"),
+        op(26, -libc::E2BIG, 8, 5, 12, 11, "routes"),
+        op(3, -libc::ENOENT, 1, 1, 12, 11, "routes"),
+        op(27, 0, 4, 4, 12, 11, "routes"),
+    ]
 }

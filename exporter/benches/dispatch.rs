@@ -1,0 +1,104 @@
+//! The consumer's cost per record, side by side with its baseline (reading
+//! the header alone) in one run: records -> dispatcher -> aggregators, the
+//! same wiring the binary runs. Needs no kernel.
+//!
+//! `cargo bench -p edgewatch --bench dispatch`
+
+use std::{hint::black_box, time::Instant};
+
+use edgewatch::{
+    aggregate,
+    pipeline::Dispatcher,
+    probe::{self, Probe},
+    telemetry::Telemetry,
+    vocab::{clock::Clock, labels::OptInLabels, spans::SpanSink},
+};
+use edgewatch_common::{ConnectCall, Header, KIND_CONNECT_CALL, KIND_TCP_CONNECT, TcpConnect};
+use prometheus_client::registry::Registry;
+
+fn records() -> Vec<Vec<u8>> {
+    let comms = ["curl", "nginx", "envoy", "python3"];
+    let mut out = Vec::new();
+    for i in 0..4096u32 {
+        let mut c: ConnectCall = bytemuck::Zeroable::zeroed();
+        c.hdr.kind = KIND_CONNECT_CALL;
+        c.hdr.size = size_of::<ConnectCall>() as u16;
+        c.family = libc::AF_INET as u16;
+        c.ret = if i % 3 == 0 { -libc::EINPROGRESS } else { 0 };
+        let name = comms[i as usize % 4].as_bytes();
+        c.comm[..name.len()].copy_from_slice(name);
+        out.push(bytemuck::bytes_of(&c).to_vec());
+        let mut t: TcpConnect = bytemuck::Zeroable::zeroed();
+        t.hdr.kind = KIND_TCP_CONNECT;
+        t.hdr.size = size_of::<TcpConnect>() as u16;
+        t.family = libc::AF_INET as u16;
+        t.newstate = 1;
+        t.duration_ns = 40_000 + u64::from(i);
+        t.dport = 443;
+        t.daddr[..4].copy_from_slice(&[10, 0, (i / 256) as u8, i as u8]);
+        t.comm = c.comm;
+        out.push(bytemuck::bytes_of(&t).to_vec());
+    }
+    out
+}
+
+fn dispatch_ns(labels: &[&str], spans: bool, recs: &[Vec<u8>], rounds: usize) -> f64 {
+    let mut registry = Registry::default();
+    let telemetry = Telemetry::register(&mut registry);
+    let mut opt = OptInLabels::default();
+    for l in labels {
+        opt.enable(l);
+    }
+    let sink = if spans {
+        SpanSink::enabled(usize::MAX, telemetry.spans_dropped.clone())
+    } else {
+        SpanSink::default()
+    };
+    let ctx = aggregate::Context {
+        labels: opt,
+        series_limit: 2000,
+        series_dropped: telemetry.series_dropped.clone(),
+        clock: Clock::now(),
+        spans: sink.clone(),
+    };
+    let connect: &'static dyn Probe = &probe::connect::PROBE;
+    let mut d = Dispatcher::new(
+        vec![(connect, connect.build(&mut registry, &ctx))],
+        telemetry,
+    );
+    let start = Instant::now();
+    for _ in 0..rounds {
+        for r in recs {
+            d.dispatch(r);
+        }
+        black_box(sink.drain());
+    }
+    start.elapsed().as_nanos() as f64 / (rounds * recs.len()) as f64
+}
+
+fn main() {
+    let recs = records();
+    let rounds = 200;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        for r in &recs {
+            black_box(bytemuck::try_pod_read_unaligned::<Header>(&black_box(r)[..16]).ok());
+        }
+    }
+    let decode = start.elapsed().as_nanos() as f64 / (rounds * recs.len()) as f64;
+    let plain = dispatch_ns(&[], false, &recs, rounds);
+    let comm = dispatch_ns(&["comm"], false, &recs, rounds);
+    let both = dispatch_ns(&["comm", "peer"], false, &recs, rounds);
+    let spans = dispatch_ns(&[], true, &recs, rounds);
+    println!("ns per record ({} records x {rounds}):", recs.len());
+    println!("  header decode only (baseline): {decode:.1}");
+    println!(
+        "  dispatch + aggregate, default labels: {plain:.1} ({:.1}x)",
+        plain / decode
+    );
+    println!("  with comm: {comm:.1}; with comm,peer: {both:.1}; with spans: {spans:.1}");
+    println!(
+        "  records/s on one core, default labels: {:.1} million",
+        1e3 / plain
+    );
+}

@@ -1,0 +1,265 @@
+//! Start-up and wiring, the top of the library: one path from validated
+//! settings to an attached agent ([`Agent::start`]), shared by
+//! `--config.check` and by the running exporter, and the one
+//! [`build_registry`] that both the binary and the golden test use, so the
+//! golden exposition tests the real wiring.
+
+pub mod serve;
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use prometheus_client::registry::Registry;
+
+use crate::{
+    aggregate, bpfobj,
+    config::Settings,
+    datapath::{self, Datapath, XdpError},
+    pipeline::Dispatcher,
+    probe::{AttachMode, Probe, attach_chain, error_chain},
+    scrape::{
+        Sources,
+        kernel::KernelSources,
+        lost::LostCollector,
+        missed::MissesCollector,
+        xdp::{XdpCollector, XdpMetrics},
+    },
+    system,
+    telemetry::{ProbeModeLabels, Telemetry},
+    vocab::{clock::Clock, spans::SpanSink},
+};
+
+/// How one probe's attach chain ended.
+pub struct Attached {
+    pub probe: &'static dyn Probe,
+    /// The mode used, or why no mode worked.
+    pub result: Result<AttachMode, String>,
+}
+
+/// Everything the registry feeds, wired.
+pub struct Wiring {
+    pub registry: Registry,
+    pub telemetry: Telemetry,
+    pub dispatcher: Dispatcher,
+    /// Spans from the aggregators to the OTLP exporter (off unless OTLP
+    /// traces are on).
+    pub spans: SpanSink,
+}
+
+/// Registers every metric family and collector of an agent with these
+/// settings, in exposition order: self-metrics, each enabled probe's
+/// metrics, each probe's scrape-time collector, export errors, the XDP
+/// datapath's (when `xdp` is given), skipped runs, lost records.
+pub fn build_registry(
+    settings: &Settings,
+    attached: &[Attached],
+    sources: &mut dyn Sources,
+    xdp: Option<&XdpMetrics>,
+    clock: Clock,
+) -> Wiring {
+    let mut registry = Registry::default();
+    let telemetry = Telemetry::register(&mut registry);
+    let spans = match settings.otlp_traces {
+        Some(_) => SpanSink::enabled(settings.max_queued_spans, telemetry.spans_dropped.clone()),
+        None => SpanSink::default(),
+    };
+    let ctx = aggregate::Context {
+        labels: settings.labels,
+        series_limit: settings.series_limit,
+        series_dropped: telemetry.series_dropped.clone(),
+        clock,
+        spans: spans.clone(),
+    };
+    let probes: Vec<&'static dyn Probe> = settings.enabled_probes().collect();
+    let sinks: Vec<_> = probes
+        .iter()
+        .map(|&p| (p, p.build(&mut registry, &ctx)))
+        .collect();
+    for p in &probes {
+        if let Some(c) = p.collector(sources, &telemetry) {
+            registry.register_collector(c);
+        }
+    }
+    telemetry.register_export_errors(&mut registry);
+    if let Some(metrics) = xdp {
+        metrics.register(&mut registry);
+        registry.register_collector(Box::new(XdpCollector::new(
+            sources.xdp_counters(),
+            settings
+                .xdp_interfaces
+                .iter()
+                .enumerate()
+                .map(|(slot, (name, _))| (slot as u32, name.clone()))
+                .collect(),
+            telemetry.clone(),
+        )));
+    }
+    for a in attached {
+        let (mode, value) = match &a.result {
+            Ok(mode) => (mode.as_str(), 1),
+            Err(_) => ("none", 0),
+        };
+        telemetry
+            .probe_attached
+            .get_or_create(&ProbeModeLabels {
+                probe: a.probe.name(),
+                mode,
+            })
+            .set(value);
+    }
+    registry.register_collector(Box::new(MissesCollector::new(
+        sources.missed(),
+        probes.iter().map(|p| (p.name(), p.programs())).collect(),
+    )));
+    registry.register_collector(Box::new(LostCollector::new(
+        sources.lost(),
+        probes.iter().map(|p| (p.id(), p.name())).collect(),
+        telemetry.clone(),
+    )));
+    let dispatcher = Dispatcher::new(sinks, telemetry.clone());
+    Wiring {
+        registry,
+        telemetry,
+        dispatcher,
+        spans,
+    }
+}
+
+/// An agent with every enabled probe attached (or honestly not), the XDP
+/// datapath up when configured, and its registry wired.
+pub struct Agent {
+    pub attached: Vec<Attached>,
+    pub wiring: Wiring,
+    /// The ring buffer every probe writes into.
+    pub ring: RingBuf<MapData>,
+    /// The XDP datapath, when interfaces are configured.
+    pub datapath: Option<Result<Datapath, XdpError>>,
+    /// Whether the map inventory's iterator loaded (map probe only).
+    pub iterator: Option<Result<(), String>>,
+    /// The tracing object; dropping it detaches every probe.
+    pub bpf: Arc<Mutex<Ebpf>>,
+    _stats: Option<std::os::fd::OwnedFd>,
+}
+
+impl Agent {
+    /// Loads the tracing object, attaches every enabled probe down its
+    /// chain, brings up the XDP datapath, and wires the registry.
+    pub fn start(settings: &Settings) -> Result<Self> {
+        let mut bpf = load(settings)?;
+        let attached: Vec<Attached> = settings
+            .enabled_probes()
+            .map(|probe| Attached {
+                probe,
+                result: attach_chain(
+                    &mut bpf,
+                    probe.name(),
+                    probe.chain(),
+                    &settings.disabled_modes,
+                )
+                .map_err(|e| error_chain(&e)),
+            })
+            .collect();
+        for a in &attached {
+            match &a.result {
+                Ok(mode) => tracing::info!(
+                    probe = a.probe.name(),
+                    mode = mode.as_str(),
+                    "probe attached"
+                ),
+                Err(error) => {
+                    tracing::error!(probe = a.probe.name(), %error, "probe failed to attach")
+                }
+            }
+        }
+        let lost = PerCpuArray::<_, u64>::try_from(
+            bpf.take_map("ew_lost").context("map ew_lost missing")?,
+        )
+        .context("opening ew_lost")?;
+        let ring = RingBuf::try_from(bpf.take_map("ew_events").context("map ew_events missing")?)
+            .context("opening the ring buffer")?;
+
+        // Program statistics for the inventory: fd-scoped, the sysctl stays
+        // untouched, and the kernel stops counting when edgewatch exits.
+        let stats = if settings.enable_stats {
+            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    tracing::warn!(error = %e, "BPF_ENABLE_STATS failed: program run counts will not move");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let xdp_metrics = XdpMetrics::default();
+        let mut datapath = (!settings.xdp_interfaces.is_empty()).then(|| {
+            datapath::start(
+                &settings.xdp_interfaces,
+                settings.xdp_mode,
+                settings
+                    .xdp_blocklist
+                    .as_ref()
+                    .map(|(p, l)| (p.as_path(), l)),
+                &xdp_metrics,
+            )
+        });
+        let xdp_up = matches!(datapath, Some(Ok(_)));
+        let bpf = Arc::new(Mutex::new(bpf));
+        let mut sources = KernelSources {
+            bpf: bpf.clone(),
+            lost: Some(lost),
+            xdp_stats: datapath
+                .as_mut()
+                .and_then(|d| d.as_mut().ok())
+                .and_then(|d| d.stats.take()),
+            iterator: None,
+        };
+        let wiring = build_registry(
+            settings,
+            &attached,
+            &mut sources,
+            xdp_up.then_some(&xdp_metrics),
+            Clock::now(),
+        );
+        Ok(Self {
+            attached,
+            wiring,
+            ring,
+            datapath,
+            iterator: sources.iterator,
+            bpf,
+            _stats: stats,
+        })
+    }
+
+    /// How many enabled probes failed to attach.
+    pub fn failed(&self) -> usize {
+        self.attached.iter().filter(|a| a.result.is_err()).count()
+    }
+}
+
+/// Loads the tracing object with the configured ring size and submit policy.
+fn load(settings: &Settings) -> Result<Ebpf> {
+    system::raise_memlock();
+    system::ensure_tracefs()?;
+    system::ensure_bpffs();
+    let btf = aya::Btf::from_sys_fs().ok();
+    let kfunc = bpfobj::kernel_func_id(btf.as_ref(), bpfobj::SUM_ELEM_COUNT);
+    if kfunc.is_none() {
+        tracing::warn!(
+            "this kernel has no {} (6.6+): hash-map entries and pressure are not exported",
+            bpfobj::SUM_ELEM_COUNT
+        );
+    }
+    let (object, _) = bpfobj::patch_kfunc(edgewatch_ebpf::edgewatch(), kfunc);
+    EbpfLoader::new()
+        .map_max_entries("ew_events", settings.ringbuf_size)
+        .override_global("ew_wakeup_bytes", &settings.wakeup_bytes, true)
+        .load(&object)
+        .context("loading the BPF object")
+}

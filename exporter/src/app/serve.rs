@@ -1,0 +1,184 @@
+//! The two things the binary does with an agent: check it (`--config.check`:
+//! attach, report, detach) or run it (pipeline, scrape endpoint, OTLP push,
+//! signals).
+
+use std::{process::ExitCode, sync::Arc};
+
+use anyhow::{Context as _, Result};
+use tokio::sync::watch;
+
+use super::Agent;
+use crate::{
+    config::Settings,
+    export::{self, otlp::OtlpSettings},
+    pipeline::Pipeline,
+};
+
+/// `--config.check`: attaches everything, prints one line per probe and
+/// for the inventory and XDP, detaches. Exit 1 if anything failed.
+pub fn check(settings: &Settings) -> Result<ExitCode> {
+    let agent = Agent::start(settings)?;
+    for a in &agent.attached {
+        match &a.result {
+            Ok(mode) => println!("{}: attached ({})", a.probe.name(), mode.as_str()),
+            Err(e) => println!("{}: FAILED: {e}", a.probe.name()),
+        }
+    }
+    match &agent.iterator {
+        Some(Ok(())) => println!("map inventory: iterator loaded"),
+        Some(Err(e)) => println!("map inventory: iterator FAILED (no entries/pressure): {e}"),
+        None => {}
+    }
+    let xdp_failed = match &agent.datapath {
+        Some(Ok(dp)) => {
+            for (name, mode) in &dp.attached {
+                println!("xdp: attached to {name} ({mode})");
+            }
+            false
+        }
+        Some(Err(e)) => {
+            println!("xdp: FAILED: {e}");
+            true
+        }
+        None => false,
+    };
+    let failed = agent.failed() + usize::from(xdp_failed);
+    drop(agent); // detaches everything
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs the exporter until SIGINT or SIGTERM.
+pub fn run(settings: Settings) -> Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> Result<ExitCode> {
+    // Bind first: an address in use fails before anything is attached.
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("listening on {}", settings.listen))?;
+    let mut agent = Agent::start(&settings)?;
+    if agent.failed() == agent.attached.len() && !agent.attached.is_empty() {
+        anyhow::bail!("no probe could be attached (see the errors above)");
+    }
+    let mut datapath = match agent.datapath.take() {
+        Some(Ok(dp)) => Some(dp),
+        Some(Err(e)) => return Err(e.into()),
+        None => None,
+    };
+    let Agent {
+        wiring,
+        ring,
+        bpf,
+        _stats,
+        ..
+    } = agent;
+    let (pipeline, flush) = Pipeline::new(ring, wiring.dispatcher, settings.flush_interval)
+        .context("registering the ring buffer with tokio")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(pipeline.run(stop_rx.clone()));
+    let registry = Arc::new(wiring.registry);
+    let otlp = settings.otlp.clone().map(|uri| {
+        tracing::info!(endpoint = %uri, interval = ?settings.otlp_interval, "pushing metrics over OTLP/HTTP");
+        tokio::spawn(export::otlp::run(
+            OtlpSettings {
+                uri,
+                traces: settings
+                    .otlp_traces
+                    .clone()
+                    .map(|u| (u, wiring.spans.clone())),
+                interval: settings.otlp_interval,
+                timeout: settings.otlp_timeout,
+            },
+            registry.clone(),
+            flush.clone(),
+            wiring.telemetry.clone(),
+            stop_rx.clone(),
+        ))
+    });
+    let app = export::prometheus::router(export::prometheus::AppState {
+        registry,
+        flush: Some(flush),
+        telemetry_path: settings.telemetry_path.clone(),
+    });
+    let address = listener
+        .local_addr()
+        .context("reading the listen address")?;
+    tracing::info!(%address, path = %settings.telemetry_path, "listening");
+
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.changed().await;
+            })
+            .await
+    });
+
+    let mut signals = Signals::install()?;
+    loop {
+        match signals.next().await {
+            Signal::Stop => break,
+            Signal::Reload => match datapath.as_mut().and_then(|d| d.blocklist.as_mut()) {
+                Some(list) => list.reload(),
+                None => tracing::info!("SIGHUP: no XDP blocklist configured, nothing to reload"),
+            },
+        }
+    }
+    tracing::info!("shutting down");
+    drop(datapath);
+    let _ = stop_tx.send(true);
+    if let Some(otlp) = otlp {
+        let _ = otlp.await;
+    }
+    let _ = consumer.await;
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+    }
+    drop(bpf); // detaches every program
+    drop(_stats);
+    Ok(ExitCode::SUCCESS)
+}
+
+enum Signal {
+    Stop,
+    Reload,
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    /// SIGINT and SIGTERM stop; SIGHUP reloads.
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! The command line: flags over the config file, validated as a whole,
+//! then check or run. The probe list in `--help` comes from `probe::ALL`.
+
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use crate::{
+    app,
+    config::{ALL_PROBES, Config, ConfigErrors, Settings, probe_names, split_list},
+};
+
+/// Usage and configuration errors.
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgewatch",
+    version,
+    about = "eBPF observability exporter for Prometheus and OpenTelemetry"
+)]
+struct Cli {
+    /// YAML configuration file (strict: unknown keys are errors).
+    #[arg(long = "config.file", value_name = "PATH")]
+    config_file: Option<PathBuf>,
+    /// Validate the configuration, load and attach every enabled probe,
+    /// print one line per probe with its attach mode, then exit.
+    #[arg(long = "config.check")]
+    config_check: bool,
+    /// Address to serve metrics on [default: 0.0.0.0:10120].
+    #[arg(long = "web.listen-address", value_name = "ADDR")]
+    listen_address: Option<String>,
+    /// Path of the metrics endpoint [default: /metrics].
+    #[arg(long = "web.telemetry-path", value_name = "PATH")]
+    telemetry_path: Option<String>,
+    /// Comma list of probes to enable (the help lists them).
+    #[arg(long = "probes", value_name = "LIST")]
+    probes: Option<String>,
+    /// Comma list of opt-in labels: comm, peer [default: none].
+    #[arg(long = "metrics.labels", value_name = "LIST")]
+    labels: Option<String>,
+    /// Series cap per metric family for opt-in labels [default: 2000].
+    #[arg(long = "metrics.series-limit", value_name = "N")]
+    series_limit: Option<usize>,
+    /// Log level: error, warn, info, debug, trace [default: info].
+    #[arg(long = "log.level", value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long = "log.format", value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Ring buffer size in bytes, a power of two [default: 8388608].
+    #[arg(long = "ringbuf.size-bytes", value_name = "BYTES")]
+    ringbuf_size: Option<u64>,
+    /// Pending bytes past which the kernel wakes the consumer; 0 wakes it for every record [default: 262144].
+    #[arg(long = "ringbuf.wakeup-bytes", value_name = "BYTES")]
+    wakeup_bytes: Option<u64>,
+    /// Backstop drain period in milliseconds [default: 100].
+    #[arg(long = "ringbuf.flush-interval-ms", value_name = "MS")]
+    flush_interval_ms: Option<u64>,
+    /// Hold BPF_ENABLE_STATS so every program's runs and run time are
+    /// counted (true or false) [default: true].
+    #[arg(long = "bpf.enable-stats", value_name = "BOOL")]
+    enable_stats: Option<bool>,
+    /// Attach the XDP datapath to this interface (repeatable) [default: none].
+    #[arg(long = "xdp.interface", value_name = "IFACE")]
+    xdp_interfaces: Vec<String>,
+    /// XDP attach mode: auto (driver, else skb), driver or skb [default: auto].
+    #[arg(long = "xdp.mode", value_name = "MODE")]
+    xdp_mode: Option<String>,
+    /// XDP source-prefix blocklist file (one CIDR a line; SIGHUP reloads it).
+    #[arg(long = "xdp.blocklist-file", value_name = "PATH")]
+    xdp_blocklist: Option<PathBuf>,
+    /// Push metrics over OTLP/HTTP to this collector endpoint
+    /// (e.g. http://127.0.0.1:4318) [default: off].
+    #[arg(long = "otlp.endpoint", value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// OTLP push period in milliseconds [default: 15000].
+    #[arg(long = "otlp.interval-ms", value_name = "MS")]
+    otlp_interval_ms: Option<u64>,
+    /// Also push spans (TCP handshakes, map update/delete calls) over OTLP.
+    #[arg(long = "otlp.traces")]
+    otlp_traces: bool,
+    /// Comma list of attach modes not to try: tp_btf, fentry, kprobe
+    /// (probes fall back down their chain, tracepoints last).
+    #[arg(long = "attach.disable", value_name = "LIST")]
+    attach_disable: Option<String>,
+}
+
+impl Cli {
+    /// The file's configuration with every given flag applied on top.
+    fn config(&self) -> Result<Config, ConfigErrors> {
+        let mut cfg = match &self.config_file {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &self.listen_address {
+            cfg.web.listen_address = v.clone();
+        }
+        if let Some(v) = &self.telemetry_path {
+            cfg.web.telemetry_path = v.clone();
+        }
+        if let Some(v) = &self.probes {
+            cfg.probes = split_list(v);
+        }
+        if let Some(v) = &self.labels {
+            cfg.metrics.labels = split_list(v);
+        }
+        if let Some(v) = self.series_limit {
+            cfg.metrics.series_limit = v;
+        }
+        if let Some(v) = &self.log_level {
+            cfg.log.level = v.clone();
+        }
+        if let Some(v) = &self.log_format {
+            cfg.log.format = v.clone();
+        }
+        if let Some(v) = self.ringbuf_size {
+            cfg.ringbuf.size_bytes = v;
+        }
+        if let Some(v) = self.wakeup_bytes {
+            cfg.ringbuf.wakeup_bytes = v;
+        }
+        if let Some(v) = self.flush_interval_ms {
+            cfg.ringbuf.flush_interval_ms = v;
+        }
+        if let Some(v) = self.enable_stats {
+            cfg.bpf.enable_stats = v;
+        }
+        if !self.xdp_interfaces.is_empty() {
+            cfg.xdp.interfaces = self.xdp_interfaces.clone();
+        }
+        if let Some(v) = &self.xdp_mode {
+            cfg.xdp.mode = v.clone();
+        }
+        if let Some(v) = &self.xdp_blocklist {
+            cfg.xdp.blocklist_file = Some(v.clone());
+        }
+        if let Some(v) = &self.otlp_endpoint {
+            cfg.otlp.endpoint = Some(v.clone());
+        }
+        if let Some(v) = self.otlp_interval_ms {
+            cfg.otlp.interval_ms = v;
+        }
+        if self.otlp_traces {
+            cfg.otlp.traces = true;
+        }
+        if let Some(v) = &self.attach_disable {
+            cfg.attach.disable = split_list(v);
+        }
+        Ok(cfg)
+    }
+}
+
+/// Parses the command line, with `--probes`' help naming every probe.
+fn parse() -> Cli {
+    let names = probe_names().join(", ");
+    let command = Cli::command().mut_arg("probes", |a| {
+        a.help(format!(
+            "Comma list of probes to enable: {names}, or {ALL_PROBES} [default: {ALL_PROBES}]"
+        ))
+    });
+    let matches = command.get_matches();
+    match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    }
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    let cli = parse();
+    let settings = match cli.config().and_then(|c| c.validate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("edgewatch: invalid configuration: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging(&settings);
+
+    let result = if cli.config_check {
+        app::serve::check(&settings)
+    } else {
+        app::serve::run(settings)
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("edgewatch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if settings.log_json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        write!(
+            f,
+            "web:\n  listen_address: 127.0.0.1:1\nprobes: [warp]\nmetrics:\n  labels: [comm]\n  series_limit: 7\n"
+        )
+        .unwrap();
+        let path = f.path().to_str().unwrap();
+        let cli = Cli::try_parse_from([
+            "edgewatch",
+            "--config.file",
+            path,
+            "--web.listen-address",
+            "127.0.0.1:2",
+            "--probes",
+            "connect",
+        ])
+        .unwrap();
+        let s = cli.config().unwrap().validate().unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:2");
+        assert_eq!(s.probes, vec!["connect"]);
+        // Not overridden: from the file.
+        assert!(s.labels.comm);
+        assert_eq!(s.series_limit, 7);
+    }
+
+    #[test]
+    fn empty_flag_lists_mean_none() {
+        let cli = Cli::try_parse_from(["edgewatch", "--metrics.labels="]).unwrap();
+        let s = cli.config().unwrap().validate().unwrap();
+        assert!(!s.labels.comm && !s.labels.peer);
+    }
+}

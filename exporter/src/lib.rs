@@ -1,0 +1,35 @@
+//! edgewatch, an eBPF observability exporter: the library behind the
+//! `edgewatch` binary.
+//!
+//! Layers, top to bottom; a module imports only modules below it (checked
+//! by tests/repo/layers.rs):
+//!
+//! | layer | modules | what |
+//! |---|---|---|
+//! | 8 | `cli` | command line, exit codes |
+//! | 7 | `app` | start-up shared by check and run; `build_registry` |
+//! | 6 | `config` | the YAML file and flags, validated into `Settings` |
+//! | 5 | `export` | the typed snapshot, /metrics, OTLP push |
+//! | 4 | `pipeline` | ring-buffer consumer, the kind -> aggregator table |
+//! | 3 | `probe`, `datapath` | probe definitions and attach chains; the XDP datapath |
+//! | 2 | `aggregate`, `scrape` | records into metrics; kernel state read at scrape time |
+//! | 1 | `telemetry` | self-metrics and internal events |
+//! | 0 | `vocab`, `system`, `bpfobj` | shared vocabularies; host and object preparation |
+//!
+//! Data flows hooks -> ring buffer -> `pipeline` -> `aggregate` -> registry
+//! -> `export`; the second flow, BPF maps read at scrape time, goes
+//! `scrape` -> registry -> `export`.
+
+pub mod aggregate;
+pub mod app;
+pub mod bpfobj;
+pub mod cli;
+pub mod config;
+pub mod datapath;
+pub mod export;
+pub mod pipeline;
+pub mod probe;
+pub mod scrape;
+pub mod system;
+pub mod telemetry;
+pub mod vocab;

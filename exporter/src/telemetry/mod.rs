@@ -1,0 +1,113 @@
+//! edgewatch's own metrics, in the same namespace: build info, which probes
+//! are attached and how, ring-buffer throughput, decode, scrape and export
+//! failures, folded series and dropped spans. Failures are reported through
+//! one pattern, [`events::InternalEvent`]: each counts and logs at a bounded
+//! rate.
+
+pub mod events;
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    registry::Registry,
+};
+
+use crate::vocab::labels::MetricLabel;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabel {
+    pub probe: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeModeLabels {
+    pub probe: &'static str,
+    pub mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CollectorLabel {
+    pub collector: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExportErrorLabels {
+    pub exporter: &'static str,
+    pub reason: &'static str,
+}
+
+/// Handles to the self-metrics, cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Telemetry {
+    pub probe_attached: Family<ProbeModeLabels, Gauge>,
+    pub events: Family<ProbeLabel, Counter>,
+    pub decode_errors: Family<ProbeLabel, Counter>,
+    pub series_dropped: Family<MetricLabel, Counter>,
+    pub scrape_errors: Family<CollectorLabel, Counter>,
+    pub export_errors: Family<ExportErrorLabels, Counter>,
+    pub spans_dropped: Counter,
+    /// Shared by every internal event: how often each may log.
+    pub(crate) log_limit: Arc<events::RateLimit>,
+}
+
+impl Telemetry {
+    /// Registers the core self-metrics: everything but the export errors.
+    pub fn register(registry: &mut Registry) -> Self {
+        let t = Self::default();
+        registry.register(
+            "edgewatch_build",
+            "edgewatch build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        registry.register(
+            "edgewatch_probe_attached",
+            "1 for each attached probe with the attach mode used; 0 with mode none for a probe that failed to attach",
+            t.probe_attached.clone(),
+        );
+        registry.register(
+            "edgewatch_ringbuf_events",
+            "Records read from the ring buffer and decoded, by probe",
+            t.events.clone(),
+        );
+        registry.register(
+            "edgewatch_decode_errors",
+            "Ring-buffer records that could not be decoded (truncated, wrong size, unknown kind), by probe",
+            t.decode_errors.clone(),
+        );
+        registry.register(
+            "edgewatch_series_dropped",
+            "Events whose opt-in labels were folded into the overflow series because the metric reached its series cap",
+            t.series_dropped.clone(),
+        );
+        registry.register(
+            "edgewatch_spans_dropped",
+            "Spans dropped because the OTLP export queue was full",
+            t.spans_dropped.clone(),
+        );
+        registry.register(
+            "edgewatch_scrape_errors",
+            "Errors reading kernel state at scrape time, by collector",
+            t.scrape_errors.clone(),
+        );
+        t
+    }
+
+    /// Registers `edgewatch_export_errors_total`.
+    pub fn register_export_errors(&self, registry: &mut Registry) {
+        registry.register(
+            "edgewatch_export_errors",
+            "Failed pushes to an exporter's destination, by exporter and reason",
+            self.export_errors.clone(),
+        );
+    }
+
+    /// Counts and logs (at a bounded rate) one internal event.
+    pub fn emit<E: events::InternalEvent>(&self, event: E) {
+        event.count(self);
+        if let Some(suppressed) = self.log_limit.ready(E::NAME, E::LOG_PERIOD) {
+            event.log(suppressed);
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The label vocabulary every metric shares: which opt-in labels are on,
+//! the opt-in labels themselves (left out, not emitted empty, when off),
+//! and the per-metric series cap that folds label sets past it into one
+//! overflow series.
+//!
+//! Label sets without opt-in labels derive prometheus-client's
+//! `EncodeLabelSet`; the ones with opt-in labels flatten [`OptLabels`] into
+//! the derive (`#[prometheus(flatten)]`), which is the one hand-written
+//! encoder: the derive would encode a `None` as an empty value.
+
+use std::{collections::HashSet, hash::Hash, sync::Arc};
+
+use prometheus_client::{
+    encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder},
+    metrics::{counter::Counter, family::Family},
+};
+
+/// Label value that replaces every opt-in label of a folded series.
+pub const OVERFLOW: &str = "_overflow";
+
+/// Which opt-in labels are on (`metrics.labels`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OptInLabels {
+    /// The process name (`comm`).
+    pub comm: bool,
+    /// The destination address and port (`peer`, `port`).
+    pub peer: bool,
+}
+
+impl OptInLabels {
+    /// Every name `metrics.labels` accepts.
+    pub const NAMES: &'static [&'static str] = &["comm", "peer"];
+
+    /// Turns on the label `name`; false if there is no such label.
+    pub fn enable(&mut self, name: &str) -> bool {
+        match name {
+            "comm" => self.comm = true,
+            "peer" => self.peer = true,
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// The opt-in labels of one series, encoded in this order and only when
+/// present: `comm`, `peer`, `port`.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct OptLabels {
+    pub comm: Option<Arc<str>>,
+    pub peer: Option<Arc<str>>,
+    pub port: Option<Arc<str>>,
+}
+
+impl OptLabels {
+    /// Every present label replaced by [`OVERFLOW`].
+    pub fn folded(&self) -> Self {
+        let fold = |v: &Option<Arc<str>>| v.as_ref().map(|_| Arc::from(OVERFLOW));
+        Self {
+            comm: fold(&self.comm),
+            peer: fold(&self.peer),
+            port: fold(&self.port),
+        }
+    }
+}
+
+impl EncodeLabelSet for OptLabels {
+    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        for (key, value) in [
+            ("comm", &self.comm),
+            ("peer", &self.peer),
+            ("port", &self.port),
+        ] {
+            if let Some(v) = value {
+                (key, v.as_ref()).encode(enc.encode_label())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Labels of `edgewatch_series_dropped_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MetricLabel {
+    pub metric: &'static str,
+}
+
+/// A label set whose opt-in labels can be folded into the overflow series.
+pub trait Foldable: Clone + Eq + Hash {
+    /// This label set with every opt-in label replaced by [`OVERFLOW`].
+    fn folded(&self) -> Self;
+}
+
+/// Caps the number of distinct label sets of one metric family.
+///
+/// Past `limit` distinct sets, a new set is folded into its overflow series
+/// and the event is counted in `edgewatch_series_dropped_total{metric}`.
+/// Memory is bounded by `limit` label sets.
+#[derive(Debug)]
+pub struct SeriesCap<L> {
+    metric: &'static str,
+    limit: usize,
+    seen: HashSet<L>,
+    dropped: Family<MetricLabel, Counter>,
+}
+
+impl<L: Foldable> SeriesCap<L> {
+    pub fn new(metric: &'static str, limit: usize, dropped: &Family<MetricLabel, Counter>) -> Self {
+        Self {
+            metric,
+            limit,
+            seen: HashSet::new(),
+            dropped: dropped.clone(),
+        }
+    }
+
+    /// The label set to record under: `labels` itself while under the cap
+    /// or already admitted, its folded form past the cap.
+    pub fn admit(&mut self, labels: L) -> L {
+        if self.seen.contains(&labels) {
+            return labels;
+        }
+        let folded = labels.folded();
+        if folded == labels {
+            // No opt-in label: bounded by construction, never folded.
+            return labels;
+        }
+        if self.seen.len() < self.limit {
+            self.seen.insert(labels.clone());
+            return labels;
+        }
+        self.dropped
+            .get_or_create(&MetricLabel {
+                metric: self.metric,
+            })
+            .inc();
+        folded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq)]
+    struct L(&'static str, Option<String>);
+
+    impl Foldable for L {
+        fn folded(&self) -> Self {
+            L(self.0, self.1.as_ref().map(|_| OVERFLOW.to_string()))
+        }
+    }
+
+    #[test]
+    fn folds_past_the_cap_and_counts() {
+        let dropped = Family::<MetricLabel, Counter>::default();
+        let mut cap = SeriesCap::new("m", 2, &dropped);
+        let l = |s: &str| L("x", Some(s.to_string()));
+        assert_eq!(cap.admit(l("a")), l("a"));
+        assert_eq!(cap.admit(l("b")), l("b"));
+        assert_eq!(cap.admit(l("c")), l(OVERFLOW));
+        assert_eq!(cap.admit(l("a")), l("a"));
+        assert_eq!(cap.admit(l("d")), l(OVERFLOW));
+        // Sets without opt-in labels are never capped.
+        assert_eq!(cap.admit(L("y", None)), L("y", None));
+        assert_eq!(dropped.get_or_create(&MetricLabel { metric: "m" }).get(), 2);
+    }
+
+    #[test]
+    fn opt_labels_leave_absent_labels_out() {
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct S {
+            family: &'static str,
+            #[prometheus(flatten)]
+            opt: OptLabels,
+        }
+        let family = Family::<S, Counter>::default();
+        family
+            .get_or_create(&S {
+                family: "ipv4",
+                opt: OptLabels {
+                    peer: Some("10.0.0.1".into()),
+                    ..OptLabels::default()
+                },
+            })
+            .inc();
+        family
+            .get_or_create(&S {
+                family: "ipv6",
+                opt: OptLabels::default(),
+            })
+            .inc();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("x", "X", family);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("x_total{family=\"ipv4\",peer=\"10.0.0.1\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("x_total{family=\"ipv6\"} 1\n"), "{text}");
+    }
+}

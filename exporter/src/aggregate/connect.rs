@@ -5,20 +5,24 @@
 //! `peer`, each family is capped at `metrics.series_limit` label sets plus
 //! one overflow series per base label combination.
 
-use edgewatch_common::{ConnectCall, TcpConnect};
+use edgewatch_common::{COMM_LEN, ConnectCall, TcpConnect};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 
-use super::{Context, OnRecord, peer_port};
+use super::{
+    Context, OnRecord,
+    cache::{Capped, HandleCache},
+    peer_port,
+};
 use crate::vocab::{
     clock::ns_to_seconds,
     errno,
     kernel::{family_name, ip_addr, name_label},
     labels::{Foldable, OptLabels, SeriesCap},
-    spans::SpanRecord,
+    spans::{SpanRecord, SpanSource},
 };
 
 /// connect() results with a label of their own; any other errno is `other`.
@@ -102,6 +106,30 @@ pub fn outcome(newstate: u16, sk_err: i32) -> &'static str {
     }
 }
 
+/// A connect() call's raw label key: the opt-in part is zero when off.
+#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+struct CallKey {
+    family: u16,
+    ret: i32,
+    comm: [u8; COMM_LEN],
+}
+
+/// A handshake's raw label key.
+#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+struct TcpKey {
+    family: u16,
+    newstate: u16,
+    sk_err: i32,
+    dport: u16,
+    comm: [u8; COMM_LEN],
+    daddr: [u8; 16],
+}
+
+struct TcpHandles {
+    connects: Capped<Counter>,
+    duration: Capped<Histogram>,
+}
+
 pub struct ConnectAggregator {
     ctx: Context,
     calls: Family<CallLabels, Counter>,
@@ -110,6 +138,8 @@ pub struct ConnectAggregator {
     calls_cap: SeriesCap<CallLabels>,
     connects_cap: SeriesCap<TcpLabels>,
     duration_cap: SeriesCap<TcpLabels>,
+    call_handles: HandleCache<CallKey, Capped<Counter>>,
+    tcp_handles: HandleCache<TcpKey, TcpHandles>,
 }
 
 impl ConnectAggregator {
@@ -137,16 +167,16 @@ impl ConnectAggregator {
             calls_cap: ctx.cap("edgewatch_connect_calls_total"),
             connects_cap: ctx.cap("edgewatch_tcp_connects_total"),
             duration_cap: ctx.cap("edgewatch_tcp_connect_duration_seconds"),
+            call_handles: HandleCache::new(ctx.handle_limit()),
+            tcp_handles: HandleCache::new(ctx.handle_limit()),
             ctx: ctx.clone(),
             calls,
             connects,
             duration,
         }
     }
-}
 
-impl OnRecord<ConnectCall> for ConnectAggregator {
-    fn on(&mut self, c: &ConnectCall) {
+    fn call_handles(&mut self, c: &ConnectCall) -> Capped<Counter> {
         let labels = CallLabels {
             family: family_name(c.family),
             result: errno::result_label(c.ret, CALL_RESULTS),
@@ -155,18 +185,19 @@ impl OnRecord<ConnectCall> for ConnectAggregator {
                 ..OptLabels::default()
             },
         };
-        let labels = self.calls_cap.admit(labels);
-        self.calls.get_or_create(&labels).inc();
+        let (labels, dropped) = self.calls_cap.admit_once(labels);
+        Capped {
+            handle: self.calls.get_or_create(&labels).clone(),
+            dropped,
+        }
     }
-}
 
-impl OnRecord<TcpConnect> for ConnectAggregator {
-    fn on(&mut self, t: &TcpConnect) {
+    fn tcp_handles(&mut self, t: &TcpConnect) -> TcpHandles {
         let family = family_name(t.family);
         let outcome = outcome(t.newstate, t.sk_err);
         let comm = self.ctx.labels.comm.then(|| name_label(&t.comm));
         let (peer, port) = peer_port(self.ctx.labels.peer, t.family, &t.daddr, t.dport);
-        let labels = TcpLabels {
+        let (labels, dropped) = self.connects_cap.admit_once(TcpLabels {
             family,
             outcome,
             opt: OptLabels {
@@ -174,11 +205,12 @@ impl OnRecord<TcpConnect> for ConnectAggregator {
                 peer,
                 port,
             },
+        });
+        let connects = Capped {
+            handle: self.connects.get_or_create(&labels).clone(),
+            dropped,
         };
-        let labels = self.connects_cap.admit(labels);
-        self.connects.get_or_create(&labels).inc();
-
-        let dl = self.duration_cap.admit(TcpLabels {
+        let (labels, dropped) = self.duration_cap.admit_once(TcpLabels {
             family,
             outcome,
             opt: OptLabels {
@@ -186,37 +218,187 @@ impl OnRecord<TcpConnect> for ConnectAggregator {
                 ..OptLabels::default()
             },
         });
-        self.duration
-            .get_or_create(&dl)
-            .observe(ns_to_seconds(t.duration_ns));
+        let duration = Capped {
+            handle: self.duration.get_or_create(&labels).clone(),
+            dropped,
+        };
+        TcpHandles { connects, duration }
+    }
 
+    fn span(&self, t: &TcpConnect) {
+        let end = self.ctx.clock.unix_nanos(t.hdr.ts_ns);
+        self.ctx.spans.push(SpanRecord {
+            name: "tcp.connect",
+            start_unix_ns: end.saturating_sub(t.duration_ns),
+            end_unix_ns: end,
+            source: SpanSource::Handshake(*t),
+        });
+    }
+}
+
+/// A handshake span's attributes, and its error status when it failed.
+pub fn span_attributes(t: &TcpConnect) -> (Vec<(&'static str, String)>, Option<String>) {
+    let outcome = outcome(t.newstate, t.sk_err);
+    let mut attributes = vec![
+        ("network.type", family_name(t.family).to_string()),
+        ("network.transport", "tcp".to_string()),
+        ("network.peer.port", t.dport.to_string()),
+        ("process.pid", t.tgid.to_string()),
+        ("process.command", name_label(&t.comm).to_string()),
+        ("edgewatch.outcome", outcome.to_string()),
+    ];
+    if let Some(p) = ip_addr(t.family, &t.daddr) {
+        attributes.push(("network.peer.address", p.to_string()));
+    }
+    (
+        attributes,
+        (outcome != "established").then(|| outcome.to_string()),
+    )
+}
+
+impl OnRecord<ConnectCall> for ConnectAggregator {
+    #[inline]
+    fn on(&mut self, c: &ConnectCall) {
+        let key = CallKey {
+            family: c.family,
+            ret: c.ret,
+            comm: if self.ctx.labels.comm {
+                c.comm
+            } else {
+                [0; COMM_LEN]
+            },
+        };
+        if let Some(h) = self.call_handles.peek(&key) {
+            h.handle.inc();
+            h.note_fold();
+            return;
+        }
+        let h = self.call_handles(c);
+        h.handle.inc();
+        h.note_fold();
+        self.call_handles.insert(key, h);
+    }
+}
+
+impl OnRecord<TcpConnect> for ConnectAggregator {
+    #[inline]
+    fn on(&mut self, t: &TcpConnect) {
+        let peer = self.ctx.labels.peer;
+        let key = TcpKey {
+            family: t.family,
+            newstate: t.newstate,
+            // Only the outcome matters once established.
+            sk_err: if t.newstate == TCP_ESTABLISHED {
+                0
+            } else {
+                t.sk_err
+            },
+            dport: if peer { t.dport } else { 0 },
+            comm: if self.ctx.labels.comm {
+                t.comm
+            } else {
+                [0; COMM_LEN]
+            },
+            daddr: if peer { t.daddr } else { [0; 16] },
+        };
+        let seconds = ns_to_seconds(t.duration_ns);
+        if let Some(h) = self.tcp_handles.peek(&key) {
+            h.connects.handle.inc();
+            h.connects.note_fold();
+            h.duration.handle.observe(seconds);
+            h.duration.note_fold();
+        } else {
+            let h = self.tcp_handles(t);
+            h.connects.handle.inc();
+            h.connects.note_fold();
+            h.duration.handle.observe(seconds);
+            h.duration.note_fold();
+            self.tcp_handles.insert(key, h);
+        }
         if self.ctx.spans.is_on() {
-            let end = self.ctx.clock.unix_nanos(t.hdr.ts_ns);
-            let mut attributes = vec![
-                ("network.type", family.to_string()),
-                ("network.transport", "tcp".to_string()),
-                ("network.peer.port", t.dport.to_string()),
-                ("process.pid", t.tgid.to_string()),
-                ("process.command", name_label(&t.comm).to_string()),
-                ("edgewatch.outcome", outcome.to_string()),
-            ];
-            if let Some(p) = ip_addr(t.family, &t.daddr) {
-                attributes.push(("network.peer.address", p.to_string()));
-            }
-            self.ctx.spans.push(SpanRecord {
-                name: "tcp.connect",
-                start_unix_ns: end.saturating_sub(t.duration_ns),
-                end_unix_ns: end,
-                attributes,
-                error: (outcome != "established").then(|| outcome.to_string()),
-            });
+            self.span(t);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use prometheus_client::metrics::family::Family;
+
     use super::*;
+    use crate::vocab::{clock::Clock, labels::OptInLabels, spans::SpanSink};
+
+    fn exposition(small_tables: bool, records: &[(ConnectCall, TcpConnect)]) -> Vec<String> {
+        let mut registry = Registry::default();
+        let dropped = Family::default();
+        registry.register("dropped", "Dropped", dropped.clone());
+        let ctx = Context {
+            labels: OptInLabels {
+                comm: true,
+                peer: true,
+            },
+            series_limit: 5,
+            series_dropped: dropped,
+            clock: Clock::fixed(0),
+            spans: SpanSink::default(),
+        };
+        let mut agg = ConnectAggregator::register(&mut registry, &ctx);
+        if small_tables {
+            // Tables far smaller than the key space: constant clearing.
+            agg.call_handles = HandleCache::new(3);
+            agg.tcp_handles = HandleCache::new(3);
+        }
+        for (c, t) in records {
+            agg.on(c);
+            agg.on(t);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        lines.sort();
+        lines
+    }
+
+    /// The handle tables never change what is counted: a sequence of
+    /// records with folds past the series cap gives the same exposition
+    /// through tables that keep every key and through tables that are
+    /// cleared all the time.
+    #[test]
+    fn handle_tables_count_exactly_what_the_slow_path_counts() {
+        let mut x: u32 = 0x2545_f491;
+        let mut rnd = |n: u32| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x % n
+        };
+        let comms = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let records: Vec<(ConnectCall, TcpConnect)> = (0..5000)
+            .map(|_| {
+                let mut c: ConnectCall = bytemuck::Zeroable::zeroed();
+                c.family = [2u16, 10, 1, 99][rnd(4) as usize];
+                c.ret =
+                    [0, -libc::EINPROGRESS, -libc::ECONNREFUSED, -libc::ENOSPC][rnd(4) as usize];
+                let name = comms[rnd(8) as usize].as_bytes();
+                c.comm[..name.len()].copy_from_slice(name);
+                let mut t: TcpConnect = bytemuck::Zeroable::zeroed();
+                t.family = 2;
+                t.newstate = [1, 7][rnd(2) as usize];
+                t.sk_err = [0, libc::ECONNREFUSED, libc::ETIMEDOUT][rnd(3) as usize];
+                t.dport = 80 + rnd(3) as u16;
+                t.daddr[..4].copy_from_slice(&[10, 0, 0, rnd(4) as u8]);
+                t.duration_ns = u64::from(rnd(2_000_000));
+                t.comm = c.comm;
+                (c, t)
+            })
+            .collect();
+        let big = exposition(false, &records);
+        assert_eq!(big, exposition(true, &records));
+        assert!(
+            big.iter().any(|l| l.contains("_overflow")),
+            "the cap folded"
+        );
+    }
 
     #[test]
     fn outcomes() {

@@ -15,20 +15,23 @@
 
 use std::sync::Arc;
 
-use edgewatch_common::MapOp;
+use edgewatch_common::{COMM_LEN, MapOp};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
-use super::{Context, OnRecord};
+use super::{
+    Context, OnRecord,
+    cache::{Capped, HandleCache},
+};
 use crate::vocab::{
     clock::ns_to_seconds,
     errno,
     kernel::{map_type_name, name_label},
     labels::{Foldable, OVERFLOW, OptLabels, SeriesCap},
-    spans::SpanRecord,
+    spans::{SpanRecord, SpanSource},
 };
 
 /// Map-operation results with a label of their own.
@@ -44,13 +47,13 @@ const UPDATE_ELEM: u16 = 2;
 const UPDATE_BATCH: u16 = 26;
 const DELETE_BATCH: u16 = 27;
 
-/// (result label, elements) for one operation record.
-pub fn elements(op: &MapOp) -> Vec<(&'static str, u64)> {
+/// The elements of one operation record: how many the kernel processed
+/// (`ok`), and the errno of the element it stopped at, if it failed.
+pub fn split(op: &MapOp) -> (u64, Option<i32>) {
     let batch = op.cmd == UPDATE_BATCH || op.cmd == DELETE_BATCH;
     if op.ret >= 0 {
-        return vec![("ok", if batch { u64::from(op.count) } else { 1 })];
+        return (if batch { u64::from(op.count) } else { 1 }, None);
     }
-    let failed = errno::result_label(op.ret, RESULTS);
     // The kernel writes the processed count back only once it has started;
     // an untouched count means nothing was processed.
     let processed = if batch && op.count != op.requested {
@@ -58,11 +61,19 @@ pub fn elements(op: &MapOp) -> Vec<(&'static str, u64)> {
     } else {
         0
     };
+    (processed, Some(op.ret))
+}
+
+/// (result label, elements) for one operation record.
+pub fn elements(op: &MapOp) -> Vec<(&'static str, u64)> {
+    let (ok, failed) = split(op);
     let mut out = Vec::with_capacity(2);
-    if processed > 0 {
-        out.push(("ok", processed));
+    if ok > 0 || failed.is_none() {
+        out.push(("ok", ok));
     }
-    out.push((failed, 1));
+    if let Some(ret) = failed {
+        out.push((errno::result_label(ret, RESULTS), 1));
+    }
     out
 }
 
@@ -115,15 +126,43 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS.iter().copied())
 }
 
+/// One result of one kind of call on one map, by its raw fields.
+#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+struct OpKey {
+    map_id: u32,
+    map_type: u32,
+    update: bool,
+    /// 0 for the processed elements, the syscall's -errno for a failure.
+    ret: i32,
+    map_name: [u8; 16],
+    comm: [u8; COMM_LEN],
+}
+
+/// A map's last-update gauge, by its raw fields.
+#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+struct MapKey {
+    map_id: u32,
+    map_name: [u8; 16],
+}
+
+type TimeGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// Map types with a duration histogram handle kept in an array.
+const TYPE_SLOTS: usize = 64;
+
 pub struct MapAggregator {
     ctx: Context,
     updates: Family<OpLabels, Counter>,
     deletes: Family<OpLabels, Counter>,
     duration: HistogramFamily<TypeLabel>,
-    last_update: Family<MapLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    last_update: Family<MapLabels, TimeGauge>,
     updates_cap: SeriesCap<OpLabels>,
     deletes_cap: SeriesCap<OpLabels>,
     last_cap: SeriesCap<MapLabels>,
+    op_handles: HandleCache<OpKey, Capped<Counter>>,
+    last_handles: HandleCache<MapKey, Capped<TimeGauge>>,
+    /// Duration histograms by map type (`TYPE_SLOTS` for unknown).
+    durations: Vec<Option<Histogram>>,
 }
 
 impl MapAggregator {
@@ -132,7 +171,7 @@ impl MapAggregator {
         let updates = Family::<OpLabels, Counter>::default();
         let deletes = Family::<OpLabels, Counter>::default();
         let duration: HistogramFamily<TypeLabel> = Family::new_with_constructor(duration_histogram);
-        let last_update = Family::<MapLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let last_update = Family::<MapLabels, TimeGauge>::default();
         registry.register(
             "edgewatch_bpf_map_updates",
             "Elements written to BPF maps by BPF_MAP_UPDATE_ELEM and BPF_MAP_UPDATE_BATCH from any process, by result",
@@ -157,6 +196,9 @@ impl MapAggregator {
             updates_cap: ctx.cap("edgewatch_bpf_map_updates_total"),
             deletes_cap: ctx.cap("edgewatch_bpf_map_deletes_total"),
             last_cap: ctx.cap("edgewatch_bpf_map_last_update_timestamp_seconds"),
+            op_handles: HandleCache::new(ctx.handle_limit()),
+            last_handles: HandleCache::new(ctx.handle_limit()),
+            durations: vec![None; TYPE_SLOTS + 1],
             ctx: ctx.clone(),
             updates,
             deletes,
@@ -164,77 +206,161 @@ impl MapAggregator {
             last_update,
         }
     }
-}
 
-impl OnRecord<MapOp> for MapAggregator {
-    fn on(&mut self, op: &MapOp) {
-        let map_id: Arc<str> = Arc::from(op.map_id.to_string());
-        let map_name = name_label(&op.map_name);
-        let map_type = if op.map_id == 0 {
+    fn type_label(op: &MapOp) -> &'static str {
+        if op.map_id == 0 {
             "unknown"
         } else {
             map_type_name(op.map_type)
+        }
+    }
+
+    fn op_handle(&mut self, key: &OpKey, op: &MapOp) -> Capped<Counter> {
+        let result = if key.ret >= 0 {
+            "ok"
+        } else {
+            errno::result_label(key.ret, RESULTS)
         };
-        let comm = self.ctx.labels.comm.then(|| name_label(&op.comm));
-        let is_update = op.cmd == UPDATE_ELEM || op.cmd == UPDATE_BATCH;
-        let mut any_ok = false;
-        let elements = elements(op);
-        if self.ctx.spans.is_on() {
-            let end = self.ctx.clock.unix_nanos(op.hdr.ts_ns);
-            let failed = elements
-                .iter()
-                .find(|(r, _)| *r != "ok")
-                .map(|(r, _)| r.to_string());
-            let total: u64 = elements.iter().map(|(_, n)| n).sum();
-            self.ctx.spans.push(SpanRecord {
-                name: if is_update {
-                    "bpf.map.update"
-                } else {
-                    "bpf.map.delete"
-                },
-                start_unix_ns: end.saturating_sub(op.duration_ns),
-                end_unix_ns: end,
-                attributes: vec![
-                    ("bpf.map.id", op.map_id.to_string()),
-                    ("bpf.map.name", map_name.to_string()),
-                    ("bpf.map.type", map_type.to_string()),
-                    ("bpf.map.elements", total.to_string()),
-                    ("process.pid", op.tgid.to_string()),
-                    ("process.command", name_label(&op.comm).to_string()),
-                ],
-                error: failed,
-            });
+        let labels = OpLabels {
+            map_id: Arc::from(op.map_id.to_string()),
+            map_name: name_label(&op.map_name),
+            map_type: Self::type_label(op),
+            result,
+            opt: OptLabels {
+                comm: self.ctx.labels.comm.then(|| name_label(&op.comm)),
+                ..OptLabels::default()
+            },
+        };
+        let (family, cap) = if key.update {
+            (&self.updates, &mut self.updates_cap)
+        } else {
+            (&self.deletes, &mut self.deletes_cap)
+        };
+        let (labels, dropped) = cap.admit_once(labels);
+        Capped {
+            handle: family.get_or_create(&labels).clone(),
+            dropped,
         }
-        for (result, n) in elements {
-            any_ok |= result == "ok";
-            let l = OpLabels {
-                map_id: map_id.clone(),
-                map_name: map_name.clone(),
-                map_type,
-                result,
-                opt: OptLabels {
-                    comm: comm.clone(),
-                    ..OptLabels::default()
-                },
-            };
-            if is_update {
-                let l = self.updates_cap.admit(l);
-                self.updates.get_or_create(&l).inc_by(n);
+    }
+
+    /// Adds `n` elements under result `ret` (0 for ok).
+    #[inline]
+    fn count(&mut self, op: &MapOp, update: bool, ret: i32, n: u64) {
+        let key = OpKey {
+            map_id: op.map_id,
+            map_type: op.map_type,
+            update,
+            ret,
+            map_name: op.map_name,
+            comm: if self.ctx.labels.comm {
+                op.comm
             } else {
-                let l = self.deletes_cap.admit(l);
-                self.deletes.get_or_create(&l).inc_by(n);
+                [0; COMM_LEN]
+            },
+        };
+        if let Some(h) = self.op_handles.peek(&key) {
+            h.handle.inc_by(n);
+            h.note_fold();
+            return;
+        }
+        let h = self.op_handle(&key, op);
+        h.handle.inc_by(n);
+        h.note_fold();
+        self.op_handles.insert(key, h);
+    }
+
+    fn duration(&mut self, op: &MapOp) -> &Histogram {
+        let slot = if op.map_id == 0 {
+            TYPE_SLOTS
+        } else {
+            (op.map_type as usize).min(TYPE_SLOTS - 1)
+        };
+        let family = &self.duration;
+        let map_type = Self::type_label(op);
+        self.durations[slot]
+            .get_or_insert_with(|| family.get_or_create(&TypeLabel { map_type }).clone())
+    }
+
+    fn last_update(&mut self, op: &MapOp, unix_seconds: f64) {
+        let key = MapKey {
+            map_id: op.map_id,
+            map_name: op.map_name,
+        };
+        if let Some(h) = self.last_handles.peek(&key) {
+            h.handle.set(unix_seconds);
+            h.note_fold();
+            return;
+        }
+        let (labels, dropped) = self.last_cap.admit_once(MapLabels {
+            map_id: Arc::from(op.map_id.to_string()),
+            map_name: name_label(&op.map_name),
+        });
+        let h = Capped {
+            handle: self.last_update.get_or_create(&labels).clone(),
+            dropped,
+        };
+        h.handle.set(unix_seconds);
+        h.note_fold();
+        self.last_handles.insert(key, h);
+    }
+
+    fn span(&self, op: &MapOp, update: bool) {
+        let end = self.ctx.clock.unix_nanos(op.hdr.ts_ns);
+        self.ctx.spans.push(SpanRecord {
+            name: if update {
+                "bpf.map.update"
+            } else {
+                "bpf.map.delete"
+            },
+            start_unix_ns: end.saturating_sub(op.duration_ns),
+            end_unix_ns: end,
+            source: SpanSource::MapCall(*op),
+        });
+    }
+}
+
+/// A map call span's attributes, and its error status when it failed.
+pub fn span_attributes(op: &MapOp) -> (Vec<(&'static str, String)>, Option<String>) {
+    let elements = elements(op);
+    let failed = elements
+        .iter()
+        .find(|(r, _)| *r != "ok")
+        .map(|(r, _)| r.to_string());
+    let total: u64 = elements.iter().map(|(_, n)| n).sum();
+    (
+        vec![
+            ("bpf.map.id", op.map_id.to_string()),
+            ("bpf.map.name", name_label(&op.map_name).to_string()),
+            ("bpf.map.type", MapAggregator::type_label(op).to_string()),
+            ("bpf.map.elements", total.to_string()),
+            ("process.pid", op.tgid.to_string()),
+            ("process.command", name_label(&op.comm).to_string()),
+        ],
+        failed,
+    )
+}
+
+impl OnRecord<MapOp> for MapAggregator {
+    #[inline]
+    fn on(&mut self, op: &MapOp) {
+        let update = op.cmd == UPDATE_ELEM || op.cmd == UPDATE_BATCH;
+        let (ok, failed) = split(op);
+        let any_ok = ok > 0 || failed.is_none();
+        if any_ok {
+            self.count(op, update, 0, ok);
+        }
+        if let Some(ret) = failed {
+            self.count(op, update, ret, 1);
+        }
+        if update {
+            self.duration(op).observe(ns_to_seconds(op.duration_ns));
+            if any_ok && op.map_id != 0 {
+                let now = self.ctx.clock.unix_seconds(op.hdr.ts_ns);
+                self.last_update(op, now);
             }
         }
-        if is_update {
-            self.duration
-                .get_or_create(&TypeLabel { map_type })
-                .observe(ns_to_seconds(op.duration_ns));
-            if any_ok && op.map_id != 0 {
-                let l = self.last_cap.admit(MapLabels { map_id, map_name });
-                self.last_update
-                    .get_or_create(&l)
-                    .set(self.ctx.clock.unix_seconds(op.hdr.ts_ns));
-            }
+        if self.ctx.spans.is_on() {
+            self.span(op, update);
         }
     }
 }

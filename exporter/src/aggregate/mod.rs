@@ -3,6 +3,7 @@
 //! One aggregator per probe; it implements [`OnRecord`] for each record
 //! kind its probe owns (see `probe::Handler`).
 
+pub mod cache;
 pub mod connect;
 pub mod map;
 pub mod retransmit;
@@ -15,7 +16,7 @@ use crate::vocab::{
     clock::Clock,
     kernel::ip_addr,
     labels::{Foldable, MetricLabel, OptInLabels, SeriesCap},
-    spans::SpanSink,
+    spans::{SpanSink, SpanSource},
 };
 
 /// Takes one decoded record of type `R`.
@@ -38,7 +39,22 @@ pub struct Context {
     pub spans: SpanSink,
 }
 
+/// A span's attributes (built at export time, off the hot path) and its
+/// error status when it failed.
+pub fn span_attributes(source: &SpanSource) -> (Vec<(&'static str, String)>, Option<String>) {
+    match source {
+        SpanSource::Handshake(t) => connect::span_attributes(t),
+        SpanSource::MapCall(op) => map::span_attributes(op),
+    }
+}
+
 impl Context {
+    /// How many raw keys a handle table keeps: every admitted label set
+    /// and its overflow twins, with room to spare.
+    pub fn handle_limit(&self) -> usize {
+        self.series_limit.saturating_mul(4).clamp(1024, 1 << 20)
+    }
+
     /// A series cap for `metric` with the configured limit.
     pub fn cap<L: Foldable>(&self, metric: &'static str) -> SeriesCap<L> {
         SeriesCap::new(metric, self.series_limit, &self.series_dropped)

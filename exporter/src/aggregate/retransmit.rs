@@ -27,7 +27,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{Context, OnRecord, peer_port};
+use super::{
+    Context, OnRecord,
+    cache::{Capped, HandleCache},
+    peer_port,
+};
 use crate::vocab::{
     errno,
     kernel::{family_name, tcp_state_name},
@@ -97,6 +101,20 @@ impl Foldable for SegmentLabels {
     }
 }
 
+/// A retransmit's raw label key: the opt-in part is zero when off.
+#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+struct RtxKey {
+    family: u16,
+    state: u8,
+    dport: u16,
+    daddr: [u8; 16],
+}
+
+struct RtxHandles {
+    retransmits: Capped<Counter>,
+    segments: Capped<Counter>,
+}
+
 pub struct RetransmitAggregator {
     ctx: Context,
     retransmits: Family<RetransmitLabels, Counter>,
@@ -104,6 +122,7 @@ pub struct RetransmitAggregator {
     skipped: Family<ReasonLabel, Counter>,
     retransmits_cap: SeriesCap<RetransmitLabels>,
     segments_cap: SeriesCap<SegmentLabels>,
+    handles: HandleCache<RtxKey, RtxHandles>,
 }
 
 impl RetransmitAggregator {
@@ -130,24 +149,15 @@ impl RetransmitAggregator {
         Self {
             retransmits_cap: ctx.cap("edgewatch_tcp_retransmits_total"),
             segments_cap: ctx.cap("edgewatch_tcp_retransmitted_segments_total"),
+            handles: HandleCache::new(ctx.handle_limit()),
             ctx: ctx.clone(),
             retransmits,
             segments,
             skipped,
         }
     }
-}
 
-impl OnRecord<Retransmit> for RetransmitAggregator {
-    fn on(&mut self, r: &Retransmit) {
-        let segs = match counted_segments(r) {
-            Ok(n) => n,
-            Err(errno) => {
-                let reason = errno::name(errno).unwrap_or("other");
-                self.skipped.get_or_create(&ReasonLabel { reason }).inc();
-                return;
-            }
-        };
+    fn handles(&mut self, r: &Retransmit) -> RtxHandles {
         let family = family_name(r.family);
         let (peer, port) = peer_port(self.ctx.labels.peer, r.family, &r.daddr, r.dport);
         let opt = OptLabels {
@@ -155,14 +165,59 @@ impl OnRecord<Retransmit> for RetransmitAggregator {
             peer,
             port,
         };
-        let l = self.retransmits_cap.admit(RetransmitLabels {
+        let (l, dropped) = self.retransmits_cap.admit_once(RetransmitLabels {
             family,
             state: tcp_state_name(r.state),
             opt: opt.clone(),
         });
-        self.retransmits.get_or_create(&l).inc();
-        let s = self.segments_cap.admit(SegmentLabels { family, opt });
-        self.segments.get_or_create(&s).inc_by(segs);
+        let retransmits = Capped {
+            handle: self.retransmits.get_or_create(&l).clone(),
+            dropped,
+        };
+        let (l, dropped) = self.segments_cap.admit_once(SegmentLabels { family, opt });
+        let segments = Capped {
+            handle: self.segments.get_or_create(&l).clone(),
+            dropped,
+        };
+        RtxHandles {
+            retransmits,
+            segments,
+        }
+    }
+}
+
+impl OnRecord<Retransmit> for RetransmitAggregator {
+    #[inline]
+    fn on(&mut self, r: &Retransmit) {
+        let segs = match counted_segments(r) {
+            Ok(n) => n,
+            Err(errno) => {
+                // Rare: an abandoned attempt.
+                let reason = errno::name(errno).unwrap_or("other");
+                self.skipped.get_or_create(&ReasonLabel { reason }).inc();
+                return;
+            }
+        };
+        let peer = self.ctx.labels.peer;
+        let key = RtxKey {
+            family: r.family,
+            state: r.state,
+            dport: if peer { r.dport } else { 0 },
+            daddr: if peer { r.daddr } else { [0; 16] },
+        };
+        let count = |h: &RtxHandles| {
+            h.retransmits.handle.inc();
+            h.retransmits.note_fold();
+            h.segments.handle.inc_by(segs);
+            h.segments.note_fold();
+        };
+        if let Some(h) = self.handles.peek(&key) {
+            count(h);
+        } else {
+            let h = self.handles(r);
+            count(&h);
+            self.handles.insert(key, h);
+        }
     }
 }
 

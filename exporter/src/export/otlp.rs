@@ -35,6 +35,7 @@ use super::model::{
     data::{LabelPair, MetricFamily, MetricType},
 };
 use crate::{
+    aggregate,
     pipeline::FlushHandle,
     telemetry::{Telemetry, events::ExportFailed},
     vocab::{
@@ -235,6 +236,7 @@ pub fn to_trace_request(
     let spans = spans
         .into_iter()
         .map(|s| {
+            let (attributes, error) = aggregate::span_attributes(&s.source);
             let mut trace_id = ids.next().to_be_bytes().to_vec();
             trace_id.extend(ids.next().to_be_bytes());
             Span {
@@ -248,8 +250,8 @@ pub fn to_trace_request(
                 } as i32,
                 start_time_unix_nano: s.start_unix_ns,
                 end_time_unix_nano: s.end_unix_ns,
-                attributes: s.attributes.iter().map(|(k, v)| attr(k, v)).collect(),
-                status: Some(match s.error {
+                attributes: attributes.iter().map(|(k, v)| attr(k, v)).collect(),
+                status: Some(match error {
                     Some(message) => Status {
                         message,
                         code: StatusCode::Error as i32,

@@ -113,6 +113,30 @@ impl<L: Foldable> SeriesCap<L> {
         }
     }
 
+    /// Like [`SeriesCap::admit`], but leaves counting the fold to the
+    /// caller: returns the label set to record under and, when it was
+    /// folded, the counter each such event moves.
+    pub fn admit_once(&mut self, labels: L) -> (L, Option<Counter>) {
+        if self.seen.contains(&labels) {
+            return (labels, None);
+        }
+        let folded = labels.folded();
+        if folded == labels {
+            return (labels, None);
+        }
+        if self.seen.len() < self.limit {
+            self.seen.insert(labels.clone());
+            return (labels, None);
+        }
+        let dropped = self
+            .dropped
+            .get_or_create(&MetricLabel {
+                metric: self.metric,
+            })
+            .clone();
+        (folded, Some(dropped))
+    }
+
     /// The label set to record under: `labels` itself while under the cap
     /// or already admitted, its folded form past the cap.
     pub fn admit(&mut self, labels: L) -> L {

@@ -2,13 +2,26 @@
 //! from the aggregators to the OTLP exporter through a bounded queue. When
 //! the queue is full a span is dropped and counted in
 //! `edgewatch_spans_dropped_total`; nothing waits.
+//!
+//! A queued span keeps the raw record it came from: its attributes (strings)
+//! are built when it is exported, not on the consumer's hot path.
 
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
 };
 
+use edgewatch_common::{MapOp, TcpConnect};
 use prometheus_client::metrics::counter::Counter;
+
+/// The record a span describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanSource {
+    /// A TCP handshake leaving SYN_SENT.
+    Handshake(TcpConnect),
+    /// A map update or delete call.
+    MapCall(MapOp),
+}
 
 /// A finished span, in Unix nanoseconds.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,9 +29,7 @@ pub struct SpanRecord {
     pub name: &'static str,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
-    pub attributes: Vec<(&'static str, String)>,
-    /// The span's status message when it failed.
-    pub error: Option<String>,
+    pub source: SpanSource,
 }
 
 #[derive(Debug)]
@@ -82,8 +93,7 @@ mod tests {
             name: "x",
             start_unix_ns: n,
             end_unix_ns: n,
-            attributes: vec![],
-            error: None,
+            source: SpanSource::MapCall(bytemuck::Zeroable::zeroed()),
         }
     }
 

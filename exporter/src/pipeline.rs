@@ -39,6 +39,9 @@ pub enum DecodeError {
     },
 }
 
+/// The probe label of records no probe owns.
+const UNKNOWN: &str = "unknown";
+
 /// Where records of one kind go.
 struct Route {
     probe: &'static str,
@@ -62,8 +65,16 @@ impl Dispatcher {
     /// A dispatcher for these probes and their aggregators.
     pub fn new(probes: Vec<(&'static dyn Probe, Box<dyn Sink>)>, telemetry: Telemetry) -> Self {
         let mut routes: Vec<Option<Route>> = Vec::new();
+        // Failures are exported from zero, so rate() and alerts work before
+        // the first one.
+        telemetry
+            .decode_errors
+            .get_or_create_owned(&ProbeLabel { probe: UNKNOWN });
         let mut sinks = Vec::with_capacity(probes.len());
         for (i, (probe, sink)) in probes.into_iter().enumerate() {
+            telemetry.decode_errors.get_or_create_owned(&ProbeLabel {
+                probe: probe.name(),
+            });
             let events = telemetry
                 .events
                 .get_or_create(&ProbeLabel {
@@ -99,13 +110,13 @@ impl Dispatcher {
                 len: bytes.len(),
                 min: size_of::<Header>(),
             };
-            return self.failed("unknown", &error);
+            return self.failed(UNKNOWN, &error);
         }
         // The header's first two fields: kind and size, both u16.
         let kind = u16::from_ne_bytes([bytes[0], bytes[1]]);
         let declared = u16::from_ne_bytes([bytes[2], bytes[3]]);
         let Some(route) = self.routes.get(usize::from(kind)).and_then(Option::as_ref) else {
-            return self.failed("unknown", &DecodeError::UnknownKind { kind });
+            return self.failed(UNKNOWN, &DecodeError::UnknownKind { kind });
         };
         let (probe, ok) = if bytes.len() == route.size && usize::from(declared) == route.size {
             let ok = self.sinks[route.sink].consume(route.slot, bytes);

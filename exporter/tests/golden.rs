@@ -170,9 +170,11 @@ fn check_golden(name: &str, actual: &str) {
 /// The exposition of an agent with these settings after every probe's
 /// fixture records (and one record too short for a header), with the XDP
 /// datapath on eth0, a blocklist of 3 IPv4 and 1 IPv6 prefixes loaded once,
-/// one failed OTLP push, and every probe attached through a tracepoint.
+/// OTLP on with one failed push, and every probe attached through a
+/// tracepoint.
 fn exposition(mut settings: Settings) -> String {
     settings.xdp_interfaces = vec![("eth0".into(), 2)];
+    settings.xdp_blocklist = Some(("/etc/edgewatch/blocklist".into(), Default::default()));
     let attached: Vec<Attached> = settings
         .enabled_probes()
         .map(|probe| Attached {
@@ -222,16 +224,23 @@ fn exposition(mut settings: Settings) -> String {
     text
 }
 
+/// The default config with OTLP on (the exposition's export errors).
+fn config() -> Config {
+    let mut cfg = Config::default();
+    cfg.otlp.endpoint = Some("http://127.0.0.1:4318".into());
+    cfg
+}
+
 #[test]
 fn default_labels() {
-    let settings = Config::default().validate().unwrap();
+    let settings = config().validate().unwrap();
     assert_eq!(settings.probes.len(), probe::ALL.len());
     check_golden("exposition-default.prom", &exposition(settings));
 }
 
 #[test]
 fn opt_in_labels_with_cap() {
-    let mut cfg = Config::default();
+    let mut cfg = config();
     cfg.metrics.labels = vec!["comm".into(), "peer".into()];
     cfg.metrics.series_limit = 3;
     check_golden(

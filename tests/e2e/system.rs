@@ -102,3 +102,56 @@ fn a_probe_that_cannot_attach_is_visible_as_a_metric() {
         "{log}"
     );
 }
+
+/// Counters whose label values are known at start-up are exported from
+/// zero, before the first event, so that rate() and alerts work from the
+/// start (Prometheus' instrumentation guidance).
+#[test]
+fn known_series_are_exported_from_zero() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let ew = Edgewatch::start(&[
+        "--otlp.endpoint",
+        &format!("http://127.0.0.1:{port}"),
+        "--otlp.interval-ms",
+        "3600000",
+    ]);
+    let m = ew.scrape();
+    for probe in ["connect", "retransmit", "map", "unknown"] {
+        assert!(
+            m.has("edgewatch_decode_errors_total", &[("probe", probe)]),
+            "decode errors of {probe}"
+        );
+    }
+    for probe in ["connect", "retransmit", "map"] {
+        assert!(m.has("edgewatch_ringbuf_lost_events_total", &[("probe", probe)]));
+        assert!(m.has("edgewatch_probe_missed_events_total", &[("probe", probe)]));
+    }
+    for reason in ["ebusy", "einval", "enomem", "ehostunreach", "eagain"] {
+        assert!(
+            m.has(
+                "edgewatch_tcp_retransmits_skipped_total",
+                &[("reason", reason)]
+            ),
+            "skip reason {reason}"
+        );
+    }
+    for reason in ["connect", "timeout", "http_status", "encode"] {
+        assert!(
+            m.has(
+                "edgewatch_export_errors_total",
+                &[("exporter", "otlp"), ("reason", reason)]
+            ),
+            "export error reason {reason}"
+        );
+    }
+    assert!(m.has(
+        "edgewatch_scrape_errors_total",
+        &[("collector", "ringbuf_lost")]
+    ));
+}

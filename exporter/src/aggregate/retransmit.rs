@@ -131,6 +131,11 @@ impl RetransmitAggregator {
         let retransmits = Family::<RetransmitLabels, Counter>::default();
         let segments = Family::<SegmentLabels, Counter>::default();
         let skipped = Family::<ReasonLabel, Counter>::default();
+        // Every reason is known: exported from zero.
+        for e in EARLY_EXITS {
+            let reason = errno::name(*e).unwrap_or("other");
+            skipped.get_or_create_owned(&ReasonLabel { reason });
+        }
         registry.register(
             "edgewatch_tcp_retransmits",
             "TCP retransmissions (one per retransmitted skb or SYN-ACK), by socket state",

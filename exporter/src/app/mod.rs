@@ -19,6 +19,7 @@ use crate::{
     aggregate, bpfobj,
     config::Settings,
     datapath::{self, Datapath, XdpError},
+    export,
     pipeline::Dispatcher,
     probe::{AttachMode, Probe, attach_chain, error_chain},
     scrape::{
@@ -29,7 +30,7 @@ use crate::{
         xdp::{XdpCollector, XdpMetrics},
     },
     system,
-    telemetry::{ProbeModeLabels, Telemetry},
+    telemetry::{ExportErrorLabels, ProbeModeLabels, Telemetry},
     vocab::{clock::Clock, spans::SpanSink},
 };
 
@@ -85,7 +86,20 @@ pub fn build_registry(
         }
     }
     telemetry.register_export_errors(&mut registry);
+    if settings.otlp.is_some() {
+        for reason in export::otlp::ERROR_REASONS {
+            telemetry
+                .export_errors
+                .get_or_create_owned(&ExportErrorLabels {
+                    exporter: "otlp",
+                    reason,
+                });
+        }
+    }
     if let Some(metrics) = xdp {
+        if settings.xdp_blocklist.is_some() {
+            metrics.blocklist_configured();
+        }
         metrics.register(&mut registry);
         registry.register_collector(Box::new(XdpCollector::new(
             sources.xdp_counters(),

@@ -44,6 +44,9 @@ use crate::{
     },
 };
 
+/// Every `reason` of `edgewatch_export_errors_total{exporter="otlp"}`.
+pub const ERROR_REASONS: &[&str] = &["connect", "timeout", "http_status", "encode"];
+
 fn attr(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.to_string(),

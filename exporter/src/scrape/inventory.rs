@@ -30,11 +30,14 @@ use prometheus_client::{
 };
 
 use crate::{
-    telemetry::{Telemetry, events::CollectorFailed},
+    telemetry::{CollectorLabel, Telemetry, events::CollectorFailed},
     vocab::kernel::{map_type_name, prog_type_name},
 };
 
 pub const ITER_PROGRAM: &str = "ew_map_iter";
+
+/// The map iterator's `edgewatch_scrape_errors_total` label.
+const ENTRIES_COLLECTOR: &str = "bpf_map_entries";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -156,7 +159,7 @@ impl InventorySource for KernelInventory {
             match read_entries(&self.bpf) {
                 Ok(e) => e,
                 Err(e) => {
-                    errors.push(("bpf_map_entries", Box::new(e)));
+                    errors.push((ENTRIES_COLLECTOR, Box::new(e)));
                     HashMap::new()
                 }
             }
@@ -215,6 +218,11 @@ impl std::fmt::Debug for InventoryCollector {
 
 impl InventoryCollector {
     pub fn new(source: Box<dyn InventorySource>, telemetry: Telemetry) -> Self {
+        telemetry
+            .scrape_errors
+            .get_or_create_owned(&CollectorLabel {
+                collector: ENTRIES_COLLECTOR,
+            });
         Self { source, telemetry }
     }
 }

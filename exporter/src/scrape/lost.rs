@@ -11,7 +11,10 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter},
 };
 
-use crate::telemetry::{ProbeLabel, Telemetry, events::CollectorFailed};
+use crate::telemetry::{CollectorLabel, ProbeLabel, Telemetry, events::CollectorFailed};
+
+/// This collector's `edgewatch_scrape_errors_total` label.
+const COLLECTOR: &str = "ringbuf_lost";
 
 /// Where lost-record counts come from.
 pub trait LostSource: Send + Sync + 'static {
@@ -47,6 +50,11 @@ impl LostCollector {
         probes: Vec<(u32, &'static str)>,
         telemetry: Telemetry,
     ) -> Self {
+        telemetry
+            .scrape_errors
+            .get_or_create_owned(&CollectorLabel {
+                collector: COLLECTOR,
+            });
         Self {
             source,
             probes,
@@ -62,7 +70,7 @@ impl Collector for LostCollector {
             match self.source.lost(id) {
                 Ok(n) => counts.push((probe, n)),
                 Err(e) => self.telemetry.emit(CollectorFailed {
-                    collector: "ringbuf_lost",
+                    collector: COLLECTOR,
                     error: &e,
                 }),
             }

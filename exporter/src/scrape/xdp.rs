@@ -18,7 +18,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::telemetry::{Telemetry, events::CollectorFailed};
+use crate::telemetry::{CollectorLabel, Telemetry, events::CollectorFailed};
+
+/// This collector's `edgewatch_scrape_errors_total` label.
+const COLLECTOR: &str = "xdp";
 
 pub const ACTIONS: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
 pub const PROTOS: [&str; 5] = ["tcp", "udp", "icmp", "icmpv6", "other"];
@@ -32,6 +35,14 @@ pub struct XdpMetrics {
 }
 
 impl XdpMetrics {
+    /// Exports the blocklist reload results from zero (when a blocklist is
+    /// configured).
+    pub fn blocklist_configured(&self) {
+        for result in ["ok", "error"] {
+            self.reloads.get_or_create_owned(&ResultLabel { result });
+        }
+    }
+
     /// Registers the families (the handles may have moved already).
     pub fn register(&self, registry: &mut Registry) {
         let m = self;
@@ -119,6 +130,11 @@ impl XdpCollector {
         interfaces: Vec<(u32, String)>,
         telemetry: Telemetry,
     ) -> Self {
+        telemetry
+            .scrape_errors
+            .get_or_create_owned(&CollectorLabel {
+                collector: COLLECTOR,
+            });
         Self {
             source,
             interfaces,
@@ -136,7 +152,7 @@ impl Collector for XdpCollector {
                     match self.source.read(cell(*slot, a as u32, p as u32)) {
                         Ok(v) => cells.push((iface.as_str(), *action, *proto, v)),
                         Err(e) => self.telemetry.emit(CollectorFailed {
-                            collector: "xdp",
+                            collector: COLLECTOR,
                             error: &e,
                         }),
                     }

@@ -104,7 +104,10 @@ pub struct SeriesCap<L> {
 }
 
 impl<L: Foldable> SeriesCap<L> {
+    /// A cap for `metric`; its `edgewatch_series_dropped_total` series is
+    /// exported from zero.
     pub fn new(metric: &'static str, limit: usize, dropped: &Family<MetricLabel, Counter>) -> Self {
+        dropped.get_or_create_owned(&MetricLabel { metric });
         Self {
             metric,
             limit,

@@ -3,7 +3,7 @@
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, FromArgMatches, Parser, error::ErrorKind};
 
 use crate::{
     app,
@@ -40,7 +40,11 @@ struct Cli {
     #[arg(long = "metrics.labels", value_name = "LIST")]
     labels: Option<String>,
     /// Series cap per metric family for opt-in labels [default: 2000].
-    #[arg(long = "metrics.series-limit", value_name = "N")]
+    #[arg(
+        long = "metrics.series-limit",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
     series_limit: Option<usize>,
     /// Log level: error, warn, info, debug, trace [default: info].
     #[arg(long = "log.level", value_name = "LEVEL")]
@@ -49,13 +53,25 @@ struct Cli {
     #[arg(long = "log.format", value_name = "FORMAT")]
     log_format: Option<String>,
     /// Ring buffer size in bytes, a power of two [default: 8388608].
-    #[arg(long = "ringbuf.size-bytes", value_name = "BYTES")]
+    #[arg(
+        long = "ringbuf.size-bytes",
+        value_name = "BYTES",
+        allow_negative_numbers = true
+    )]
     ringbuf_size: Option<u64>,
     /// Pending bytes past which the kernel wakes the consumer; 0 wakes it for every record [default: 262144].
-    #[arg(long = "ringbuf.wakeup-bytes", value_name = "BYTES")]
+    #[arg(
+        long = "ringbuf.wakeup-bytes",
+        value_name = "BYTES",
+        allow_negative_numbers = true
+    )]
     wakeup_bytes: Option<u64>,
     /// Backstop drain period in milliseconds [default: 100].
-    #[arg(long = "ringbuf.flush-interval-ms", value_name = "MS")]
+    #[arg(
+        long = "ringbuf.flush-interval-ms",
+        value_name = "MS",
+        allow_negative_numbers = true
+    )]
     flush_interval_ms: Option<u64>,
     /// Hold BPF_ENABLE_STATS so every program's runs and run time are
     /// counted (true or false) [default: true].
@@ -75,7 +91,11 @@ struct Cli {
     #[arg(long = "otlp.endpoint", value_name = "URL")]
     otlp_endpoint: Option<String>,
     /// OTLP push period in milliseconds [default: 15000].
-    #[arg(long = "otlp.interval-ms", value_name = "MS")]
+    #[arg(
+        long = "otlp.interval-ms",
+        value_name = "MS",
+        allow_negative_numbers = true
+    )]
     otlp_interval_ms: Option<u64>,
     /// Also push spans (TCP handshakes, map update/delete calls) over OTLP.
     #[arg(long = "otlp.traces")]
@@ -152,23 +172,79 @@ impl Cli {
 }
 
 /// Parses the command line, with `--probes`' help naming every probe.
-fn parse() -> Cli {
+fn parse() -> Result<Cli, String> {
     let names = probe_names().join(", ");
     let command = Cli::command().mut_arg("probes", |a| {
         a.help(format!(
             "Comma list of probes to enable: {names}, or {ALL_PROBES} [default: {ALL_PROBES}]"
         ))
     });
-    let matches = command.get_matches();
-    match Cli::from_arg_matches(&matches) {
-        Ok(cli) => cli,
-        Err(e) => e.exit(),
+    let parsed = command
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    match parsed {
+        Ok(cli) => Ok(cli),
+        Err(e) => match e.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => e.exit(),
+            _ => Err(usage_line(&e)),
+        },
     }
+}
+
+/// A clap error as one line: its first line without the `error: ` prefix
+/// (the usage and the hint to `--help` that follow are left out).
+fn usage_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid command line");
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
+}
+
+/// RUST_LOG, when set, must be a filter (`info`, `edgewatch=debug,warn`):
+/// a typo like `loud` would otherwise turn every log off.
+fn env_filter() -> Result<Option<tracing_subscriber::EnvFilter>, String> {
+    let Ok(value) = std::env::var("RUST_LOG") else {
+        return Ok(None);
+    };
+    const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace", "off"];
+    for directive in value.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "RUST_LOG: {directive:?} is not a level or target=level (levels: {})",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(&value)
+        .map(Some)
+        .map_err(|e| format!("RUST_LOG: {value:?}: {e}"))
+}
+
+/// An error and its causes on one line, each cause once.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text.replace('\n', " ")
 }
 
 /// The binary's entry point.
 pub fn main() -> ExitCode {
-    let cli = parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("edgewatch: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let settings = match cli.config().and_then(|c| c.validate()) {
         Ok(s) => s,
         Err(e) => {
@@ -176,25 +252,36 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_logging(&settings);
+    let filter = match env_filter() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("edgewatch: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging(&settings, filter);
 
     let result = if cli.config_check {
         app::serve::check(&settings)
     } else {
-        app::serve::run(settings)
+        let reload = Box::new(move || {
+            cli.config()
+                .and_then(|c| c.validate())
+                .map_err(|e| e.to_string())
+        });
+        app::serve::run(settings, reload)
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("edgewatch: {e:#}");
+            eprintln!("edgewatch: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-fn init_logging(settings: &Settings) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
+fn init_logging(settings: &Settings, filter: Option<tracing_subscriber::EnvFilter>) {
+    let filter = filter.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&settings.log_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

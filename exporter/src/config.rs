@@ -389,7 +389,9 @@ impl Config {
                         "xdp.blocklist_file: needs at least one interface in xdp.interfaces".into(),
                     );
                 }
-                match datapath::read_blocklist(path) {
+                match datapath::read_blocklist(path).and_then(|list| {
+                    datapath::check_capacity(&path.display().to_string(), &list).map(|()| list)
+                }) {
                     Ok(list) => Some((path.clone(), list)),
                     Err(e) => {
                         errors.push(format!("xdp.blocklist_file: {e}"));

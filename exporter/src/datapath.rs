@@ -80,12 +80,40 @@ pub enum XdpError {
 pub enum BlocklistError {
     #[error("{path}: {error}")]
     Read { path: String, error: String },
+    #[error(
+        "{path}: {entries} {family} prefixes, more than the {BLOCKLIST_CAPACITY} the datapath holds per family"
+    )]
+    TooLarge {
+        path: String,
+        family: &'static str,
+        entries: usize,
+    },
     #[error("{path}:{line}: {text:?} is not an address or CIDR prefix")]
     Parse {
         path: String,
         line: usize,
         text: String,
     },
+}
+
+/// Prefixes each blocklist trie holds (`max_entries` of `ew_block_v4` and
+/// `ew_block_v6` in xdp.bpf.c).
+pub const BLOCKLIST_CAPACITY: usize = 262_144;
+
+/// Refuses a list that the tries cannot hold, before anything is written.
+pub fn check_capacity(path: &str, list: &BTreeSet<IpNet>) -> Result<(), BlocklistError> {
+    let v4 = list.iter().filter(|n| matches!(n, IpNet::V4(_))).count();
+    let v6 = list.len() - v4;
+    for (family, n) in [("IPv4", v4), ("IPv6", v6)] {
+        if n > BLOCKLIST_CAPACITY {
+            return Err(BlocklistError::TooLarge {
+                path: path.to_string(),
+                family,
+                entries: n,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Parses a blocklist: one address or CIDR prefix a line, `#` starts a
@@ -128,7 +156,7 @@ pub fn read_blocklist(path: &Path) -> Result<BTreeSet<IpNet>, BlocklistError> {
 
 /// The blocklist tries and what is in them.
 pub struct Blocklist {
-    path: PathBuf,
+    path: Option<PathBuf>,
     v4: LpmTrie<MapData, [u8; 4], u8>,
     v6: LpmTrie<MapData, [u8; 16], u8>,
     current: BTreeSet<IpNet>,
@@ -197,10 +225,29 @@ impl Blocklist {
             .set(v6 as i64);
     }
 
+    /// The file the list comes from, if any (a config reload may change it).
+    pub fn set_path(&mut self, path: Option<PathBuf>) {
+        self.path = path;
+    }
+
     /// Re-reads the file; a malformed file is rejected whole and the
-    /// running list stays.
+    /// running list stays. Without a file (none configured any more), the
+    /// tries are emptied.
     pub fn reload(&mut self) {
-        let result = read_blocklist(&self.path)
+        let Some(path) = self.path.clone() else {
+            if !self.current.is_empty() {
+                match self.apply(&BTreeSet::new()) {
+                    Ok((_, removed)) => {
+                        tracing::info!(removed, "XDP blocklist no longer configured: emptied")
+                    }
+                    Err(error) => tracing::error!(%error, "emptying the XDP blocklist failed"),
+                }
+            }
+            return;
+        };
+        let shown = path.display().to_string();
+        let result = read_blocklist(&path)
+            .and_then(|wanted| check_capacity(&shown, &wanted).map(|()| wanted))
             .map_err(|e| e.to_string())
             .and_then(|wanted| self.apply(&wanted));
         match result {
@@ -227,7 +274,8 @@ impl Blocklist {
 
 /// The attached datapath. Dropping it detaches everything.
 pub struct Datapath {
-    pub blocklist: Option<Blocklist>,
+    /// The blocklist tries (empty unless a file is configured).
+    pub blocklist: Blocklist,
     /// (interface, mode) as attached.
     pub attached: Vec<(String, &'static str)>,
     /// The per-CPU counters, until the scrape-time collector takes them.
@@ -325,7 +373,7 @@ pub fn start(
     }
 
     let mut list = Blocklist {
-        path: PathBuf::new(),
+        path: None,
         v4,
         v6,
         current: BTreeSet::new(),
@@ -333,21 +381,17 @@ pub fn start(
         reloads: metrics.reloads.clone(),
     };
     list.update_gauges();
-    let blocklist = match blocklist {
-        Some((path, wanted)) => {
-            list.path = path.to_path_buf();
-            list.apply(wanted).map_err(|e| {
-                XdpError::Blocklist(BlocklistError::Read {
-                    path: path.display().to_string(),
-                    error: e,
-                })
-            })?;
-            Some(list)
-        }
-        None => None,
-    };
+    if let Some((path, wanted)) = blocklist {
+        list.path = Some(path.to_path_buf());
+        list.apply(wanted).map_err(|e| {
+            XdpError::Blocklist(BlocklistError::Read {
+                path: path.display().to_string(),
+                error: e,
+            })
+        })?;
+    }
     Ok(Datapath {
-        blocklist,
+        blocklist: list,
         attached: modes,
         stats: Some(stats),
         _links: links,

@@ -21,6 +21,7 @@ use tokio::{
 use crate::{
     probe::{Probe, Sink},
     telemetry::{ProbeLabel, Telemetry, events::DecodeFailed},
+    vocab::labels::OptInLabels,
 };
 
 /// Why a record could not be decoded.
@@ -138,6 +139,13 @@ impl Dispatcher {
         }
     }
 
+    /// Hands every aggregator new opt-in labels and a new series cap.
+    pub fn reconfigure(&mut self, labels: OptInLabels, series_limit: usize) {
+        for sink in &mut self.sinks {
+            sink.reconfigure(labels, series_limit);
+        }
+    }
+
     fn failed(&self, probe: &'static str, error: &DecodeError) {
         self.telemetry.emit(DecodeFailed { probe, error });
     }
@@ -145,17 +153,26 @@ impl Dispatcher {
 
 /// Asks the pipeline to drain, and waits until it has.
 #[derive(Clone, Debug)]
-pub struct FlushHandle(mpsc::Sender<oneshot::Sender<()>>);
+pub struct FlushHandle {
+    flush: mpsc::Sender<oneshot::Sender<()>>,
+    reconfigure: mpsc::Sender<(OptInLabels, usize)>,
+}
 
 impl FlushHandle {
     /// Returns false if the pipeline did not answer within `timeout`.
     pub async fn flush(&self, timeout: Duration) -> bool {
         let (tx, rx) = oneshot::channel();
         let wait = async {
-            self.0.send(tx).await.ok()?;
+            self.flush.send(tx).await.ok()?;
             rx.await.ok()
         };
         matches!(tokio::time::timeout(timeout, wait).await, Ok(Some(())))
+    }
+
+    /// Hands every aggregator new opt-in labels and a new series cap (a
+    /// config reload); records already read are aggregated first.
+    pub async fn reconfigure(&self, labels: OptInLabels, series_limit: usize) -> bool {
+        self.reconfigure.send((labels, series_limit)).await.is_ok()
     }
 }
 
@@ -164,6 +181,7 @@ pub struct Pipeline {
     dispatcher: Dispatcher,
     interval: Duration,
     flush_rx: mpsc::Receiver<oneshot::Sender<()>>,
+    reconfigure_rx: mpsc::Receiver<(OptInLabels, usize)>,
 }
 
 impl Pipeline {
@@ -176,14 +194,19 @@ impl Pipeline {
         // AsyncFd owns: it stays open until the AsyncFd is dropped.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
         let (tx, flush_rx) = mpsc::channel(64);
+        let (reconfigure, reconfigure_rx) = mpsc::channel(4);
         Ok((
             Self {
                 ring,
                 dispatcher,
                 interval,
                 flush_rx,
+                reconfigure_rx,
             },
-            FlushHandle(tx),
+            FlushHandle {
+                flush: tx,
+                reconfigure,
+            },
         ))
     }
 
@@ -221,6 +244,10 @@ impl Pipeline {
                     while let Ok(ack) = self.flush_rx.try_recv() {
                         let _ = ack.send(());
                     }
+                }
+                Some((labels, limit)) = self.reconfigure_rx.recv() => {
+                    self.drain();
+                    self.dispatcher.reconfigure(labels, limit);
                 }
                 _ = shutdown.changed() => {
                     self.drain();

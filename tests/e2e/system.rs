@@ -2,9 +2,9 @@
 //! and otherwise stops with one line naming the fix. Runs in a private mount
 //! namespace (unshare -m) so the host's mounts are never touched.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
-use crate::common::{Edgewatch, binary, privileged, serial};
+use crate::common::{Edgewatch, binary, poll, privileged, serial};
 
 /// Runs `edgewatch --config.check` in a private mount namespace where
 /// tracefs (and debugfs) are unmounted first; `prefix` wraps the binary.
@@ -154,4 +154,90 @@ fn known_series_are_exported_from_zero() {
         "edgewatch_scrape_errors_total",
         &[("collector", "ringbuf_lost")]
     ));
+}
+
+/// `n` connect() calls to a Unix socket that does not exist, from a thread
+/// named `comm`.
+fn unix_connects(comm: &'static str, n: usize) {
+    std::thread::spawn(move || {
+        crate::common::set_thread_comm(comm);
+        for _ in 0..n {
+            let _ = std::os::unix::net::UnixStream::connect("/nonexistent/ew-reload");
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// SIGHUP re-reads the whole configuration: opt-in labels change without
+/// a restart and without resetting a counter; an invalid file is rejected
+/// whole and counted; a setting that needs a restart is named in the log.
+#[test]
+fn sighup_reloads_the_config_without_resetting_counters() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edgewatch.yml");
+    std::fs::write(&path, "probes: [connect]\n").unwrap();
+    let ew = Edgewatch::start(&["--config.file", path.to_str().unwrap()]);
+    let hup = || {
+        // SAFETY: kill(2) on our child's pid.
+        unsafe { libc::kill(ew.pid() as i32, libc::SIGHUP) };
+    };
+    let calls = |m: &crate::common::Metrics, labels: &[(&str, &str)]| {
+        let mut l = vec![("family", "unix")];
+        l.extend_from_slice(labels);
+        m.count("edgewatch_connect_calls_total", &l)
+    };
+    let base = calls(&ew.scrape(), &[]);
+    unix_connects("ew-reload-a", 7);
+    let m = ew.scrape();
+    assert_eq!(calls(&m, &[]), base + 7);
+    assert!(!m.text.contains("comm=\"ew-reload-a\""), "comm is off");
+
+    std::fs::write(
+        &path,
+        "probes: [connect]\nmetrics:\n  labels: [comm]\nringbuf:\n  size_bytes: 16777216\n",
+    )
+    .unwrap();
+    hup();
+    poll(Duration::from_secs(10), || {
+        (ew.scrape()
+            .count("edgewatch_config_reloads_total", &[("result", "ok")])
+            == 1)
+            .then_some(())
+    })
+    .expect("reload counted");
+    unix_connects("ew-reload-b", 5);
+    let m = ew.scrape();
+    assert_eq!(calls(&m, &[("comm", "ew-reload-b")]), 5);
+    assert_eq!(calls(&m, &[]), base + 12, "nothing reset");
+    let log = ew.log.lock().unwrap().join("\n");
+    assert!(
+        log.contains("ringbuf.size_bytes") && log.contains("take effect at the next start"),
+        "{log}"
+    );
+
+    std::fs::write(&path, "probes: [connect]\nmetrics:\n  labels: [pid]\n").unwrap();
+    hup();
+    poll(Duration::from_secs(10), || {
+        (ew.scrape()
+            .count("edgewatch_config_reloads_total", &[("result", "error")])
+            == 1)
+            .then_some(())
+    })
+    .expect("rejected reload counted");
+    unix_connects("ew-reload-c", 3);
+    let m = ew.scrape();
+    assert_eq!(
+        calls(&m, &[("comm", "ew-reload-c")]),
+        3,
+        "the running config (comm on) stays"
+    );
+    assert_eq!(
+        m.count("edgewatch_config_reloads_total", &[("result", "ok")]),
+        1
+    );
 }

@@ -89,3 +89,78 @@ fn help_lists_the_flags() {
         assert!(stdout.contains(flag), "{flag} missing from --help");
     }
 }
+
+/// Each bad input exits 2 with exactly one line naming what is wrong.
+#[test]
+fn bad_inputs_get_one_line_and_exit_2() {
+    let cases: &[(&[&str], Option<&str>, &str)] = &[
+        (
+            &["--metrics.series-limit", "-1"],
+            None,
+            "--metrics.series-limit",
+        ),
+        (&["--no-such-flag"], None, "--no-such-flag"),
+        (&["--probes", ""], None, "probes: no probe enabled"),
+        (
+            &["--probes", "connect,warp"],
+            None,
+            "unknown probe \"warp\"",
+        ),
+        (&["--config.check"], Some("loud"), "RUST_LOG: \"loud\""),
+        (
+            &["--ringbuf.size-bytes", "-4096"],
+            None,
+            "--ringbuf.size-bytes",
+        ),
+    ];
+    for (args, rust_log, expect) in cases {
+        let mut cmd = Command::new(crate::common::binary());
+        cmd.args(*args);
+        match rust_log {
+            Some(v) => cmd.env("RUST_LOG", v),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert!(stderr.starts_with("edgewatch: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_names_every_probe_and_the_default() {
+    let (code, stdout, _) = edgewatch(&["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        stdout.contains("connect, retransmit, map, or all [default: all]"),
+        "{stdout}"
+    );
+}
+
+/// A blocklist larger than the datapath's tries is refused at validation,
+/// before anything is attached, once.
+#[test]
+fn an_oversized_blocklist_is_refused_before_attaching() {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for i in 0..=262_144u32 {
+        let _ = writeln!(text, "10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+    }
+    let f = config_file(&text);
+    let (code, _, stderr) = edgewatch(&[
+        "--config.check",
+        "--xdp.interface",
+        "lo",
+        "--xdp.blocklist-file",
+        f.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("262145 IPv4 prefixes, more than the 262144"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("262145").count(), 1, "said once: {stderr}");
+}

@@ -70,6 +70,11 @@ impl<K: Hash + Eq, V> HandleCache<K, V> {
         self.map.insert(key, value);
     }
 
+    /// Forgets every key (after a reload changed what keys mean).
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

@@ -13,7 +13,7 @@ use prometheus_client::{
 };
 
 use super::{
-    Context, OnRecord,
+    Context, OnRecord, Reconfigure,
     cache::{Capped, HandleCache},
     peer_port,
 };
@@ -21,7 +21,7 @@ use crate::vocab::{
     clock::ns_to_seconds,
     errno,
     kernel::{family_name, ip_addr, name_label},
-    labels::{Foldable, OptLabels, SeriesCap},
+    labels::{Foldable, OptInLabels, OptLabels, SeriesCap},
     spans::{SpanRecord, SpanSource},
 };
 
@@ -321,12 +321,24 @@ impl OnRecord<TcpConnect> for ConnectAggregator {
     }
 }
 
+impl Reconfigure for ConnectAggregator {
+    fn reconfigure(&mut self, labels: OptInLabels, series_limit: usize) {
+        self.ctx.labels = labels;
+        self.ctx.series_limit = series_limit;
+        self.calls_cap.set_limit(series_limit);
+        self.connects_cap.set_limit(series_limit);
+        self.duration_cap.set_limit(series_limit);
+        self.call_handles.clear();
+        self.tcp_handles.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prometheus_client::metrics::family::Family;
 
     use super::*;
-    use crate::vocab::{clock::Clock, labels::OptInLabels, spans::SpanSink};
+    use crate::vocab::{clock::Clock, spans::SpanSink};
 
     fn exposition(small_tables: bool, records: &[(ConnectCall, TcpConnect)]) -> Vec<String> {
         let mut registry = Registry::default();

@@ -23,14 +23,14 @@ use prometheus_client::{
 };
 
 use super::{
-    Context, OnRecord,
+    Context, OnRecord, Reconfigure,
     cache::{Capped, HandleCache},
 };
 use crate::vocab::{
     clock::ns_to_seconds,
     errno,
     kernel::{map_type_name, name_label},
-    labels::{Foldable, OVERFLOW, OptLabels, SeriesCap},
+    labels::{Foldable, OVERFLOW, OptInLabels, OptLabels, SeriesCap},
     spans::{SpanRecord, SpanSource},
 };
 
@@ -362,6 +362,18 @@ impl OnRecord<MapOp> for MapAggregator {
         if self.ctx.spans.is_on() {
             self.span(op, update);
         }
+    }
+}
+
+impl Reconfigure for MapAggregator {
+    fn reconfigure(&mut self, labels: OptInLabels, series_limit: usize) {
+        self.ctx.labels = labels;
+        self.ctx.series_limit = series_limit;
+        self.updates_cap.set_limit(series_limit);
+        self.deletes_cap.set_limit(series_limit);
+        self.last_cap.set_limit(series_limit);
+        self.op_handles.clear();
+        self.last_handles.clear();
     }
 }
 

@@ -24,6 +24,12 @@ pub trait OnRecord<R> {
     fn on(&mut self, record: &R);
 }
 
+/// Takes new opt-in labels and a new series cap at a config reload. What
+/// was counted stays; label sets already admitted keep their series.
+pub trait Reconfigure {
+    fn reconfigure(&mut self, labels: OptInLabels, series_limit: usize);
+}
+
 /// What every aggregator is built with.
 #[derive(Clone, Debug)]
 pub struct Context {

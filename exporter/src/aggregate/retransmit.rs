@@ -28,14 +28,14 @@ use prometheus_client::{
 };
 
 use super::{
-    Context, OnRecord,
+    Context, OnRecord, Reconfigure,
     cache::{Capped, HandleCache},
     peer_port,
 };
 use crate::vocab::{
     errno,
     kernel::{family_name, tcp_state_name},
-    labels::{Foldable, OptLabels, SeriesCap},
+    labels::{Foldable, OptInLabels, OptLabels, SeriesCap},
 };
 
 /// Errors with which `__tcp_retransmit_skb()` returns before it adds to
@@ -223,6 +223,16 @@ impl OnRecord<Retransmit> for RetransmitAggregator {
             count(&h);
             self.handles.insert(key, h);
         }
+    }
+}
+
+impl Reconfigure for RetransmitAggregator {
+    fn reconfigure(&mut self, labels: OptInLabels, series_limit: usize) {
+        self.ctx.labels = labels;
+        self.ctx.series_limit = series_limit;
+        self.retransmits_cap.set_limit(series_limit);
+        self.segments_cap.set_limit(series_limit);
+        self.handles.clear();
     }
 }
 

@@ -8,10 +8,14 @@ use anyhow::{Context as _, Result};
 use tokio::sync::watch;
 
 use super::Agent;
+use prometheus_client::registry::Registry;
+
 use crate::{
     config::Settings,
     export::{self, otlp::OtlpSettings},
-    pipeline::Pipeline,
+    pipeline::{FlushHandle, Pipeline},
+    telemetry::Telemetry,
+    vocab::spans::SpanSink,
 };
 
 /// `--config.check`: attaches everything, prints one line per probe and
@@ -51,17 +55,113 @@ pub fn check(settings: &Settings) -> Result<ExitCode> {
     })
 }
 
-/// Runs the exporter until SIGINT or SIGTERM.
-pub fn run(settings: Settings) -> Result<ExitCode> {
+/// Re-reads the configuration (file and flags) at SIGHUP.
+pub type Reload = Box<dyn Fn() -> Result<Settings, String> + Send>;
+
+/// Runs the exporter until SIGINT or SIGTERM; SIGHUP re-reads the
+/// configuration through `reload`.
+pub fn run(settings: Settings, reload: Reload) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(serve(settings))
+    runtime.block_on(serve(settings, reload))
 }
 
-async fn serve(settings: Settings) -> Result<ExitCode> {
+/// The settings a running agent cannot change: their new values take
+/// effect at the next start. Each as (config key, changed).
+fn restart_only(old: &Settings, new: &Settings) -> Vec<&'static str> {
+    [
+        ("web.listen_address", old.listen != new.listen),
+        (
+            "web.telemetry_path",
+            old.telemetry_path != new.telemetry_path,
+        ),
+        ("probes", old.probes != new.probes),
+        ("attach.disable", old.disabled_modes != new.disabled_modes),
+        ("ringbuf.size_bytes", old.ringbuf_size != new.ringbuf_size),
+        ("ringbuf.wakeup_bytes", old.wakeup_bytes != new.wakeup_bytes),
+        (
+            "ringbuf.flush_interval_ms",
+            old.flush_interval != new.flush_interval,
+        ),
+        ("bpf.enable_stats", old.enable_stats != new.enable_stats),
+        ("xdp.interfaces", old.xdp_interfaces != new.xdp_interfaces),
+        ("xdp.mode", old.xdp_mode != new.xdp_mode),
+        (
+            "log",
+            old.log_level != new.log_level || old.log_json != new.log_json,
+        ),
+        (
+            "otlp.traces",
+            old.otlp_traces.is_some() != new.otlp_traces.is_some(),
+        ),
+        (
+            "otlp.max_queued_spans",
+            old.max_queued_spans != new.max_queued_spans,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
+}
+
+/// A running OTLP push and what stops it.
+struct Otlp {
+    task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Otlp {
+    fn start(
+        settings: &Settings,
+        registry: &Arc<Registry>,
+        flush: &FlushHandle,
+        wiring: &Shared,
+    ) -> Option<Self> {
+        let uri = settings.otlp.clone()?;
+        tracing::info!(endpoint = %uri, interval = ?settings.otlp_interval, "pushing metrics over OTLP/HTTP");
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(export::otlp::run(
+            OtlpSettings {
+                uri,
+                traces: settings
+                    .otlp_traces
+                    .clone()
+                    .map(|u| (u, wiring.spans.clone())),
+                interval: settings.otlp_interval,
+                timeout: settings.otlp_timeout,
+            },
+            registry.clone(),
+            flush.clone(),
+            wiring.telemetry.clone(),
+            stop_rx,
+        ));
+        Some(Self { task, stop })
+    }
+
+    /// Stops it after one last push.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// What the reload path shares with the running tasks.
+struct Shared {
+    telemetry: Telemetry,
+    spans: SpanSink,
+}
+
+fn otlp_changed(old: &Settings, new: &Settings) -> bool {
+    old.otlp != new.otlp
+        || old.otlp_traces != new.otlp_traces
+        || old.otlp_interval != new.otlp_interval
+        || old.otlp_timeout != new.otlp_timeout
+}
+
+async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
     // Bind first: an address in use fails before anything is attached.
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -88,27 +188,14 @@ async fn serve(settings: Settings) -> Result<ExitCode> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let consumer = tokio::spawn(pipeline.run(stop_rx.clone()));
     let registry = Arc::new(wiring.registry);
-    let otlp = settings.otlp.clone().map(|uri| {
-        tracing::info!(endpoint = %uri, interval = ?settings.otlp_interval, "pushing metrics over OTLP/HTTP");
-        tokio::spawn(export::otlp::run(
-            OtlpSettings {
-                uri,
-                traces: settings
-                    .otlp_traces
-                    .clone()
-                    .map(|u| (u, wiring.spans.clone())),
-                interval: settings.otlp_interval,
-                timeout: settings.otlp_timeout,
-            },
-            registry.clone(),
-            flush.clone(),
-            wiring.telemetry.clone(),
-            stop_rx.clone(),
-        ))
-    });
+    let shared = Shared {
+        telemetry: wiring.telemetry,
+        spans: wiring.spans,
+    };
+    let mut otlp = Otlp::start(&settings, &registry, &flush, &shared);
     let app = export::prometheus::router(export::prometheus::AppState {
-        registry,
-        flush: Some(flush),
+        registry: registry.clone(),
+        flush: Some(flush.clone()),
         telemetry_path: settings.telemetry_path.clone(),
     });
     let address = listener
@@ -125,22 +212,66 @@ async fn serve(settings: Settings) -> Result<ExitCode> {
             .await
     });
 
+    let mut running = settings;
     let mut signals = Signals::install()?;
     loop {
         match signals.next().await {
             Signal::Stop => break,
-            Signal::Reload => match datapath.as_mut().and_then(|d| d.blocklist.as_mut()) {
-                Some(list) => list.reload(),
-                None => tracing::info!("SIGHUP: no XDP blocklist configured, nothing to reload"),
-            },
+            Signal::Reload => {
+                let new = match reload() {
+                    Ok(new) => new,
+                    Err(error) => {
+                        shared.telemetry.config_reload("error");
+                        tracing::error!(%error, "SIGHUP: configuration rejected; the running one stays");
+                        // The running blocklist file is re-read all the same
+                        // (and rejected on its own if it is what is wrong).
+                        if let Some(dp) = datapath.as_mut() {
+                            dp.blocklist.reload();
+                        }
+                        continue;
+                    }
+                };
+                let restart = restart_only(&running, &new);
+                if !restart.is_empty() {
+                    tracing::warn!(
+                        settings = %restart.join(", "),
+                        "SIGHUP: these settings changed and take effect at the next start"
+                    );
+                }
+                if new.labels != running.labels || new.series_limit != running.series_limit {
+                    flush.reconfigure(new.labels, new.series_limit).await;
+                    running.labels = new.labels;
+                    running.series_limit = new.series_limit;
+                }
+                if otlp_changed(&running, &new)
+                    && running.otlp_traces.is_some() == new.otlp_traces.is_some()
+                {
+                    if let Some(o) = otlp.take() {
+                        o.stop().await;
+                    }
+                    running.otlp = new.otlp.clone();
+                    running.otlp_traces = new.otlp_traces.clone();
+                    running.otlp_interval = new.otlp_interval;
+                    running.otlp_timeout = new.otlp_timeout;
+                    otlp = Otlp::start(&running, &registry, &flush, &shared);
+                }
+                if let Some(dp) = datapath.as_mut() {
+                    running.xdp_blocklist = new.xdp_blocklist.clone();
+                    dp.blocklist
+                        .set_path(new.xdp_blocklist.as_ref().map(|(p, _)| p.clone()));
+                    dp.blocklist.reload();
+                }
+                shared.telemetry.config_reload("ok");
+                tracing::info!("SIGHUP: configuration reloaded");
+            }
         }
     }
     tracing::info!("shutting down");
     drop(datapath);
-    let _ = stop_tx.send(true);
-    if let Some(otlp) = otlp {
-        let _ = otlp.await;
+    if let Some(o) = otlp {
+        o.stop().await;
     }
+    let _ = stop_tx.send(true);
     let _ = consumer.await;
     match server.await {
         Ok(Ok(())) => {}

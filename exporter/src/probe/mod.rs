@@ -18,9 +18,10 @@ use prometheus_client::{collector::Collector, registry::Registry};
 
 pub use self::attach::{AttachMode, Hook, Link, ProbeError, attach_chain, error_chain};
 use crate::{
-    aggregate::{self, OnRecord},
+    aggregate::{self, OnRecord, Reconfigure},
     scrape::Sources,
     telemetry::Telemetry,
+    vocab::labels::OptInLabels,
 };
 
 /// Every probe edgewatch has, in attach and exposition order.
@@ -110,6 +111,9 @@ pub trait Sink: Send {
     /// Hands `bytes` to the handler at `slot` (an index into the probe's
     /// records); false when the bytes are not that record.
     fn consume(&mut self, slot: usize, bytes: &[u8]) -> bool;
+    /// Takes new opt-in labels and series cap (a config reload); what was
+    /// counted stays.
+    fn reconfigure(&mut self, labels: OptInLabels, series_limit: usize);
 }
 
 struct Bound<A: 'static> {
@@ -117,12 +121,16 @@ struct Bound<A: 'static> {
     handlers: &'static [Handler<A>],
 }
 
-impl<A: Send> Sink for Bound<A> {
+impl<A: Reconfigure + Send> Sink for Bound<A> {
     fn consume(&mut self, slot: usize, bytes: &[u8]) -> bool {
         match self.handlers.get(slot) {
             Some(h) => (h.call)(&mut self.agg, bytes),
             None => false,
         }
+    }
+
+    fn reconfigure(&mut self, labels: OptInLabels, series_limit: usize) {
+        self.agg.reconfigure(labels, series_limit);
     }
 }
 
@@ -155,7 +163,7 @@ pub trait Probe: Sync {
     }
 }
 
-impl<A: Send + 'static> Probe for ProbeDef<A> {
+impl<A: Reconfigure + Send + 'static> Probe for ProbeDef<A> {
     fn name(&self) -> &'static str {
         self.name
     }

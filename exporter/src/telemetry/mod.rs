@@ -33,6 +33,11 @@ pub struct CollectorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ExportErrorLabels {
     pub exporter: &'static str,
     pub reason: &'static str,
@@ -48,6 +53,7 @@ pub struct Telemetry {
     pub scrape_errors: Family<CollectorLabel, Counter>,
     pub export_errors: Family<ExportErrorLabels, Counter>,
     pub spans_dropped: Counter,
+    pub config_reloads: Family<ResultLabel, Counter>,
     /// Shared by every internal event: how often each may log.
     pub(crate) log_limit: Arc<events::RateLimit>,
 }
@@ -91,7 +97,23 @@ impl Telemetry {
             "Errors reading kernel state at scrape time, by collector",
             t.scrape_errors.clone(),
         );
+        for result in ["ok", "error"] {
+            t.config_reloads
+                .get_or_create_owned(&ResultLabel { result });
+        }
+        registry.register(
+            "edgewatch_config_reloads",
+            "Configuration reloads (SIGHUP), by result; a rejected configuration leaves the running one in place",
+            t.config_reloads.clone(),
+        );
         t
+    }
+
+    /// Counts one configuration reload.
+    pub fn config_reload(&self, result: &'static str) {
+        self.config_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// Registers `edgewatch_export_errors_total`.

@@ -116,6 +116,11 @@ impl<L: Foldable> SeriesCap<L> {
         }
     }
 
+    /// Changes the cap (a config reload): label sets already admitted stay.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
     /// Like [`SeriesCap::admit`], but leaves counting the fold to the
     /// caller: returns the label set to record under and, when it was
     /// folded, the counter each such event moves.

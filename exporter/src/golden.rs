@@ -261,7 +261,14 @@ fn map_op(cmd: u16, ret: i32, requested: u32, count: u32, id: u32, ty: u32, name
 fn exposition(cfg: Config) -> String {
     let settings = cfg.validate().expect("valid config");
     let mut registry = Registry::default();
-    let telemetry = Telemetry::register(&mut registry);
+    // A fixed revision: the files must not change with every commit.
+    let telemetry = Telemetry::register_with_build(
+        &mut registry,
+        &crate::build_info::BuildInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            revision: "0000000000000000000000000000000000000000",
+        },
+    );
     let probes = probe::build_with_clock(
         &settings,
         &mut registry,

@@ -2,6 +2,7 @@
 
 mod aggregate;
 mod bpfobj;
+mod build_info;
 mod config;
 mod decode;
 mod errno;
@@ -39,7 +40,7 @@ const EXIT_USAGE: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(
     name = "edgewatch",
-    version,
+    version = build_info::BuildInfo::VERSION_LINE,
     about = "eBPF observability exporter for Prometheus and OpenTelemetry"
 )]
 struct Cli {

@@ -7,10 +7,7 @@ use aya::maps::{MapData, PerCpuArray};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::{
-        MetricType, counter::ConstCounter, counter::Counter, family::Family, gauge::Gauge,
-        info::Info,
-    },
+    metrics::{MetricType, counter::ConstCounter, counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -51,12 +48,17 @@ pub struct Telemetry {
 
 impl Telemetry {
     pub fn register(registry: &mut Registry) -> Self {
+        Self::register_with_build(registry, &crate::build_info::BuildInfo::CURRENT)
+    }
+
+    /// Like [`Telemetry::register`] with the build info given (golden tests
+    /// pass a fixed one so the files don't change with every commit).
+    pub fn register_with_build(
+        registry: &mut Registry,
+        build: &crate::build_info::BuildInfo,
+    ) -> Self {
         let t = Self::default();
-        registry.register(
-            "edgewatch_build",
-            "edgewatch build information",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        build.register(registry);
         registry.register(
             "edgewatch_probe_attached",
             "1 for each attached probe with the attach mode used; 0 with mode none for a probe that failed to attach",

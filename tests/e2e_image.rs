@@ -206,8 +206,9 @@ fn git_head() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// The files in the image's only layer, from its docker-archive.
-fn image_files(archive: &Path) -> BTreeSet<String> {
+/// The files in the image's only layer, from its docker-archive, unpacked
+/// under `into`.
+fn image_files(archive: &Path, into: &Path) -> BTreeSet<String> {
     let manifest = check(
         Command::new("tar")
             .arg("-xOf")
@@ -222,24 +223,29 @@ fn image_files(archive: &Path) -> BTreeSet<String> {
     assert_eq!(layers.len(), 1, "one layer: {manifest}");
     let layer = layers[0].as_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    check(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(archive)
-            .arg("-C")
-            .arg(dir.path())
-            .arg(layer)
-            .output()
-            .unwrap(),
+    let tar = |args: &[&std::ffi::OsStr], what: &str| {
+        check(Command::new("tar").args(args).output().unwrap(), what)
+    };
+    tar(
+        &[
+            "-xf".as_ref(),
+            archive.as_os_str(),
+            "-C".as_ref(),
+            dir.path().as_os_str(),
+            layer.as_ref(),
+        ],
         "tar layer",
     );
-    let list = check(
-        Command::new("tar")
-            .arg("-tf")
-            .arg(dir.path().join(layer))
-            .output()
-            .unwrap(),
-        "tar -t layer",
+    let layer = dir.path().join(layer);
+    let list = tar(&["-tf".as_ref(), layer.as_os_str()], "tar -t layer");
+    tar(
+        &[
+            "-xf".as_ref(),
+            layer.as_os_str(),
+            "-C".as_ref(),
+            into.as_os_str(),
+        ],
+        "tar -x layer",
     );
     list.lines()
         .filter(|l| !l.ends_with('/'))
@@ -289,9 +295,18 @@ fn image_runs_as_the_daemonset_runs_it() {
         "scripts/image builds the image the DaemonSet names"
     );
 
-    // Nothing but the binary and the libraries ldd lists for it.
-    let files = image_files(&archive);
-    let ldd = check(Command::new("ldd").arg(binary()).output().unwrap(), "ldd");
+    // Nothing but the binary and the libraries ldd lists for it (ldd of
+    // the image's own binary, resolved on this host as scripts/image does).
+    let unpacked = store.path().join("layer");
+    std::fs::create_dir(&unpacked).unwrap();
+    let files = image_files(&archive, &unpacked);
+    let ldd = check(
+        Command::new("ldd")
+            .arg(unpacked.join("usr/bin/edgewatch"))
+            .output()
+            .unwrap(),
+        "ldd",
+    );
     let mut expected: BTreeSet<String> = ldd
         .split_whitespace()
         .filter(|w| w.starts_with('/'))

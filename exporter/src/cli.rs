@@ -8,6 +8,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, error::ErrorKind};
 use crate::{
     app,
     config::{ALL_PROBES, Config, ConfigErrors, Settings, probe_names, split_list},
+    vocab::build_info::BuildInfo,
 };
 
 /// Usage and configuration errors.
@@ -16,7 +17,7 @@ const EXIT_USAGE: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(
     name = "edgewatch",
-    version,
+    version = BuildInfo::VERSION_LINE,
     about = "eBPF observability exporter for Prometheus and OpenTelemetry"
 )]
 struct Cli {

@@ -17,7 +17,7 @@ mod common;
 use std::path::PathBuf;
 
 use edgewatch::{
-    app::{Attached, build_registry},
+    app::{Attached, Fixed, build_registry},
     config::{Config, Settings},
     export::model,
     probe::{self, AttachMode},
@@ -29,12 +29,12 @@ use edgewatch::{
         xdp::{CounterSource, FamilyLabel, IfaceMode, ResultLabel, XdpMetrics},
     },
     telemetry::ExportErrorLabels,
-    vocab::clock::Clock,
+    vocab::{build_info::BuildInfo, clock::Clock},
 };
 
 /// A fixed host: three maps, two programs; lost = probe id x 10; one
 /// skipped run per program; XDP cell `i` saw i + 1 packets of 100 bytes.
-struct Fixed;
+struct FixedHost;
 
 struct FixedInventory;
 
@@ -102,7 +102,7 @@ impl CounterSource for FixedCounters {
     }
 }
 
-impl Sources for Fixed {
+impl Sources for FixedHost {
     fn lost(&mut self) -> Box<dyn LostSource> {
         Box::new(FixedLost)
     }
@@ -201,9 +201,16 @@ fn exposition(mut settings: Settings) -> String {
     let mut wiring = build_registry(
         &settings,
         &attached,
-        &mut Fixed,
+        &mut FixedHost,
         Some(&xdp),
-        Clock::fixed(1_795_000_000_000_000_000),
+        &Fixed {
+            clock: Clock::fixed(1_795_000_000_000_000_000),
+            // A fixed revision: the files must not change with every commit.
+            build: BuildInfo {
+                version: env!("CARGO_PKG_VERSION"),
+                revision: "0000000000000000000000000000000000000000",
+            },
+        },
     );
     wiring
         .telemetry

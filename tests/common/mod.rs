@@ -334,7 +334,7 @@ impl Drop for Edgewatch {
     }
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> String {
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to edgewatch");
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -504,4 +504,16 @@ pub fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The Python of `.venv`, where `scripts/quickstart install` puts the
+/// Python tools the tests use (scripts/python-requirements.txt).
+pub fn python() -> std::path::PathBuf {
+    let py = repo(".venv/bin/python3");
+    assert!(
+        py.exists(),
+        "{} not found: run scripts/quickstart install (it installs scripts/python-requirements.txt into .venv)",
+        py.display()
+    );
+    py
 }

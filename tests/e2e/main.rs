@@ -15,6 +15,8 @@
 mod common;
 
 mod connect;
+mod dashboards;
+mod image;
 mod map;
 mod new_probe;
 mod otlp;

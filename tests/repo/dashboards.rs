@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::common::{Metrics, repo};
+use crate::common::{Metrics, python, repo};
 
 /// Every `edgewatch_[a-z0-9_]+` token in `text`, minus recording-rule names
 /// (`edgewatch:...`) and a histogram's `_bucket/_sum/_count` suffixes.
@@ -67,4 +67,56 @@ fn dashboard_is_valid_json_and_queries_exported_metrics() {
 #[test]
 fn rules_query_exported_metrics() {
     check("deploy/prometheus/rules.yml");
+}
+
+/// The committed JSON is what dashboards/generate.py (Grafana's SDK) writes.
+#[test]
+fn dashboard_json_is_generated() {
+    let out = std::process::Command::new(python())
+        .arg(repo("dashboards/generate.py"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every panel says what it shows, in which unit, and from which level a
+/// value is a problem.
+#[test]
+fn every_panel_has_a_description_a_unit_and_thresholds() {
+    let text = std::fs::read_to_string(repo("dashboards/edgewatch.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let panels: Vec<_> = v["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] != "row")
+        .collect();
+    assert!(!panels.is_empty());
+    for p in panels {
+        let title = p["title"].as_str().unwrap();
+        assert!(
+            p["description"].as_str().is_some_and(|d| d.len() > 20),
+            "{title}: no description"
+        );
+        let defaults = &p["fieldConfig"]["defaults"];
+        assert!(
+            defaults["unit"].as_str().is_some_and(|u| !u.is_empty()),
+            "{title}: no unit"
+        );
+        let steps = defaults["thresholds"]["steps"].as_array();
+        assert!(
+            steps.is_some_and(|s| !s.is_empty() && s[0]["value"].is_null()),
+            "{title}: no thresholds (the first step is the base, value null)"
+        );
+        assert!(
+            !p["targets"].as_array().unwrap().is_empty(),
+            "{title}: no query"
+        );
+    }
 }

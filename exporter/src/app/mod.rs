@@ -31,7 +31,7 @@ use crate::{
     },
     system,
     telemetry::{ExportErrorLabels, ProbeModeLabels, Telemetry},
-    vocab::{clock::Clock, spans::SpanSink},
+    vocab::{build_info::BuildInfo, clock::Clock, spans::SpanSink},
 };
 
 /// How one probe's attach chain ended.
@@ -39,6 +39,23 @@ pub struct Attached {
     pub probe: &'static dyn Probe,
     /// The mode used, or why no mode worked.
     pub result: Result<AttachMode, String>,
+}
+
+/// What a wiring takes from outside: the clock that turns kernel time into
+/// Unix time, and the build info. Fixtures pass fixed ones.
+pub struct Fixed {
+    pub clock: Clock,
+    pub build: BuildInfo,
+}
+
+impl Fixed {
+    /// This process's: the clock now, this binary's build.
+    pub fn current() -> Self {
+        Self {
+            clock: Clock::now(),
+            build: BuildInfo::CURRENT,
+        }
+    }
 }
 
 /// Everything the registry feeds, wired.
@@ -60,10 +77,11 @@ pub fn build_registry(
     attached: &[Attached],
     sources: &mut dyn Sources,
     xdp: Option<&XdpMetrics>,
-    clock: Clock,
+    fixed: &Fixed,
 ) -> Wiring {
     let mut registry = Registry::default();
-    let telemetry = Telemetry::register(&mut registry);
+    let telemetry = Telemetry::register_with_build(&mut registry, &fixed.build);
+    let clock = fixed.clock;
     let spans = match settings.otlp_traces {
         Some(_) => SpanSink::enabled(settings.max_queued_spans, telemetry.spans_dropped.clone()),
         None => SpanSink::default(),
@@ -238,7 +256,7 @@ impl Agent {
             &attached,
             &mut sources,
             xdp_up.then_some(&xdp_metrics),
-            Clock::now(),
+            &Fixed::current(),
         );
         Ok(Self {
             attached,

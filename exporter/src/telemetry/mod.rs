@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-use crate::vocab::labels::MetricLabel;
+use crate::vocab::{build_info::BuildInfo, labels::MetricLabel};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeLabel {
@@ -59,14 +59,17 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Registers the core self-metrics: everything but the export errors.
+    /// Registers the core self-metrics (everything but the export errors)
+    /// with this binary's build info.
     pub fn register(registry: &mut Registry) -> Self {
+        Self::register_with_build(registry, &BuildInfo::CURRENT)
+    }
+
+    /// Like [`Telemetry::register`] with the build info given (the golden
+    /// test passes a fixed one, so its files don't change with every commit).
+    pub fn register_with_build(registry: &mut Registry, build: &BuildInfo) -> Self {
         let t = Self::default();
-        registry.register(
-            "edgewatch_build",
-            "edgewatch build information",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        build.register(registry);
         registry.register(
             "edgewatch_probe_attached",
             "1 for each attached probe with the attach mode used; 0 with mode none for a probe that failed to attach",

@@ -1,7 +1,9 @@
 //! The bottom layer: vocabularies every other layer shares (labels and the
-//! series cap, time, the kernel's names for numbers, errno names, spans).
+//! series cap, time, the kernel's names for numbers, errno names, spans,
+//! what the binary was built from).
 //! Nothing here imports anything above it (see tests/repo/layers.rs).
 
+pub mod build_info;
 pub mod clock;
 pub mod errno;
 pub mod kernel;

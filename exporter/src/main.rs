@@ -1,6 +1,7 @@
 //! edgewatch: eBPF observability exporter. CLI -> config -> validate -> run.
 
 mod aggregate;
+mod bounded;
 mod bpfobj;
 mod config;
 mod decode;
@@ -11,8 +12,10 @@ mod golden;
 mod inventory;
 mod pipeline;
 mod probe;
+mod redact;
 mod system;
 mod telemetry;
+mod web;
 mod xdp;
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc};
@@ -53,6 +56,14 @@ struct Cli {
     /// Address to serve metrics on [default: 0.0.0.0:10120].
     #[arg(long = "web.listen-address", value_name = "ADDR")]
     listen_address: Option<String>,
+    /// TLS, basic auth and headers, in the Prometheus exporter-toolkit
+    /// web-config format; re-read when it changes [default: none].
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    web_config_file: Option<PathBuf>,
+    /// Open HTTP connections at most; at the cap the oldest idle one is
+    /// closed [default: 64].
+    #[arg(long = "web.max-connections", value_name = "N")]
+    web_max_connections: Option<usize>,
     /// Path of the metrics endpoint [default: /metrics].
     #[arg(long = "web.telemetry-path", value_name = "PATH")]
     telemetry_path: Option<String>,
@@ -121,6 +132,12 @@ impl Cli {
         }
         if let Some(v) = &self.telemetry_path {
             cfg.web.telemetry_path = v.clone();
+        }
+        if let Some(v) = &self.web_config_file {
+            cfg.web.config_file = Some(v.clone());
+        }
+        if let Some(v) = self.web_max_connections {
+            cfg.web.max_connections = v;
         }
         if let Some(v) = &self.probes {
             cfg.probes = split_list(v);
@@ -428,9 +445,20 @@ async fn run(settings: Settings) -> Result<ExitCode> {
     let consumer = tokio::spawn(pipeline.run(stop_rx.clone()));
 
     let export_errors = export::otlp::register_errors(&mut registry);
+    let web = Arc::new(
+        web::Web::new(
+            settings.web_config_file.as_deref(),
+            web::Limits {
+                max_connections: settings.web_max_connections,
+                ..web::Limits::default()
+            },
+            &mut registry,
+        )
+        .map_err(|e| anyhow::anyhow!("web configuration: {e}"))?,
+    );
     let registry = Arc::new(registry);
     let otlp = settings.otlp.clone().map(|uri| {
-        tracing::info!(endpoint = %uri, interval = ?settings.otlp_interval, "pushing metrics over OTLP/HTTP");
+        tracing::info!(endpoint = %redact::url(&uri.to_string()), interval = ?settings.otlp_interval, "pushing metrics over OTLP/HTTP");
         tokio::spawn(export::otlp::run(
             export::otlp::OtlpSettings {
                 uri,
@@ -458,13 +486,9 @@ async fn run(settings: Settings) -> Result<ExitCode> {
     tracing::info!(%address, path = %settings.telemetry_path, "listening");
 
     let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.changed().await;
-            })
-            .await
-    });
+    let server = tokio::spawn(web::serve(listener, app, web, async move {
+        let _ = server_stop.changed().await;
+    }));
 
     let mut signals = Signals::install()?;
     loop {

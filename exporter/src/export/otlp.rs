@@ -410,7 +410,7 @@ pub async fn run(
             let now = std::time::Instant::now();
             if last_log.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60)) {
                 last_log = Some(now);
-                tracing::warn!(%error, endpoint = %settings.uri, "OTLP push failed (counted in edgewatch_export_errors_total; retrying every interval)");
+                tracing::warn!(%error, endpoint = %crate::redact::url(&settings.uri.to_string()), "OTLP push failed (counted in edgewatch_export_errors_total; retrying every interval)");
             }
         }
         if stopping {

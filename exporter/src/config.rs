@@ -41,6 +41,23 @@ pub struct Config {
     pub xdp: XdpConfig,
     pub otlp: OtlpConfig,
     pub attach: AttachConfig,
+    pub capabilities: CapabilitiesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct CapabilitiesConfig {
+    /// Capabilities kept once everything is attached: auto (what
+    /// scrape-time reads need), all, none, or a comma list.
+    pub keep: String,
+}
+
+impl Default for CapabilitiesConfig {
+    fn default() -> Self {
+        Self {
+            keep: "auto".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -167,6 +184,7 @@ impl Default for Config {
             xdp: XdpConfig::default(),
             otlp: OtlpConfig::default(),
             attach: AttachConfig::default(),
+            capabilities: CapabilitiesConfig::default(),
         }
     }
 }
@@ -518,8 +536,15 @@ impl Config {
             ));
         }
 
+        let capabilities_keep =
+            crate::caps::parse_keep(&self.capabilities.keep).unwrap_or_else(|e| {
+                errors.push(format!("capabilities.keep: {e}"));
+                crate::caps::Keep::Auto
+            });
+
         match listen {
             Some(listen) if errors.is_empty() => Ok(Settings {
+                capabilities_keep,
                 listen,
                 telemetry_path: path.clone(),
                 web_config_file: self.web.config_file.clone(),
@@ -562,6 +587,8 @@ pub struct Settings {
     pub telemetry_path: String,
     pub web_config_file: Option<PathBuf>,
     pub web_max_connections: usize,
+    /// What to keep after attaching (see caps.rs).
+    pub capabilities_keep: crate::caps::Keep,
     pub probes: Vec<&'static str>,
     pub labels: OptInLabels,
     pub series_limit: usize,

@@ -3,6 +3,7 @@
 mod aggregate;
 mod bounded;
 mod bpfobj;
+mod caps;
 mod config;
 mod decode;
 mod errno;
@@ -114,6 +115,11 @@ struct Cli {
     /// Also push spans (TCP handshakes, map update/delete calls) over OTLP.
     #[arg(long = "otlp.traces")]
     otlp_traces: bool,
+    /// Capabilities kept once everything is attached: auto (what scrapes
+    /// need: cap_sys_admin with the map probe, else none), all, none, or a
+    /// comma list [default: auto].
+    #[arg(long = "capabilities.keep", value_name = "LIST")]
+    capabilities_keep: Option<String>,
     /// Comma list of attach modes not to try: tp_btf, fentry, kprobe
     /// (probes fall back down their chain, tracepoints last).
     #[arg(long = "attach.disable", value_name = "LIST")]
@@ -183,6 +189,9 @@ impl Cli {
         }
         if self.otlp_traces {
             cfg.otlp.traces = true;
+        }
+        if let Some(v) = &self.capabilities_keep {
+            cfg.capabilities.keep = v.clone();
         }
         if let Some(v) = &self.attach_disable {
             cfg.attach.disable = split_list(v);
@@ -484,6 +493,12 @@ async fn run(settings: Settings) -> Result<ExitCode> {
         .local_addr()
         .context("reading the listen address")?;
     tracing::info!(%address, path = %settings.telemetry_path, "listening");
+    // Everything is attached and bound: keep only what scrapes need.
+    caps::drop_after_attach(
+        &settings.capabilities_keep,
+        settings.probes.contains(&"map"),
+    )
+    .map_err(|e| anyhow::anyhow!("dropping capabilities: {e}"))?;
 
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(web::serve(listener, app, web, async move {

@@ -331,7 +331,7 @@ fn sigkill_at_five_moments_leaves_nothing_behind() {
             .unwrap();
         let pid = child.id().to_string();
         let deadline = Instant::now() + Duration::from_secs(30);
-        let mut held = Held::default();
+        let mut held;
         loop {
             held = Held::default();
             held_by(&pid, &mut held);

@@ -201,7 +201,25 @@ impl Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors in one line, like every other bad input (clap's own
+    // rendering adds a tip and the usage over several lines).
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
+            eprintln!(
+                "edgewatch: {} (see --help)",
+                bounded::one_line(first, bounded::MAX_MESSAGE_CHARS)
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let settings = match cli.config().and_then(|c| c.validate()) {
         Ok(s) => s,
         Err(e) => {

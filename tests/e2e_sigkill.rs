@@ -266,6 +266,17 @@ fn blocklist(n: u32, salt: u8) -> String {
         .collect()
 }
 
+/// A child killed and reaped on drop, so a failing test leaves no
+/// edgewatch running.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn kill9(ew: &mut Edgewatch) {
     assert_eq!(
         ew.signal_and_wait(libc::SIGKILL),
@@ -321,15 +332,17 @@ fn sigkill_at_five_moments_leaves_nothing_behind() {
     let total = held.progs.len() + held.maps.len() + held.links.len();
     for depth in [1, total / 3, total * 2 / 3] {
         let before = Before::take();
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, common::binary()])
-            .args(["--web.listen-address", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let pid = child.id().to_string();
+        let mut child = Reaped(
+            Command::new("ip")
+                .args(["netns", "exec", &ns.name, common::binary()])
+                .args(["--web.listen-address", "127.0.0.1:0"])
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let pid = child.0.id().to_string();
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut held;
         loop {
@@ -342,8 +355,8 @@ fn sigkill_at_five_moments_leaves_nothing_behind() {
             thread::sleep(Duration::from_micros(200));
         }
         // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-        child.wait().unwrap();
+        unsafe { libc::kill(child.0.id() as i32, libc::SIGKILL) };
+        child.0.wait().unwrap();
         assert_nothing_left(
             &format!("during start-up ({depth} objects in)"),
             &ns,

@@ -734,6 +734,56 @@ mod tests {
     }
 
     #[test]
+    fn hostile_values_are_refused() {
+        let mut cfg = Config::default();
+        cfg.metrics.series_limit = usize::MAX;
+        cfg.web.telemetry_path = "/m?x=1".into();
+        cfg.otlp.endpoint = Some("http://user:pw@h:4318".into());
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("metrics.series_limit: 18446744073709551615 must be from 1 to 100000"),
+            "{err}"
+        );
+        assert!(
+            err.contains("web.telemetry_path: \"/m?x=1\" has '?'"),
+            "{err}"
+        );
+        assert!(err.contains("\"http://***@h:4318\": credentials"), "{err}");
+        assert!(!err.contains("pw"), "{err}");
+        let mut cfg = Config::default();
+        cfg.otlp.endpoint = Some("http://h:4318/#f".into());
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("query or fragment")
+        );
+        cfg.otlp.endpoint = Some("http://h:4318/base/".into());
+        let s = cfg.validate().unwrap();
+        assert_eq!(s.otlp.unwrap().to_string(), "http://h:4318/base/v1/metrics");
+    }
+
+    #[test]
+    fn error_lines_are_bounded() {
+        let errs = ConfigErrors(
+            (0..1000)
+                .map(|i| format!("k{i}: {}", "x".repeat(10_000)))
+                .collect(),
+        );
+        let line = errs.to_string();
+        assert!(!line.contains('\n'));
+        assert!(line.len() < 20 * 300, "{}", line.len());
+        assert!(line.ends_with("; and 980 more problems"), "{line:.100}");
+        let nested = format!("web: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let t = std::time::Instant::now();
+        assert_eq!(
+            Config::parse(&nested).unwrap_err().0,
+            vec!["collections nested more than 64 deep"]
+        );
+        assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
     fn split_list_trims_and_drops_empties() {
         assert_eq!(split_list(" comm, ,peer,"), vec!["comm", "peer"]);
     }

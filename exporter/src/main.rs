@@ -504,6 +504,10 @@ async fn run(settings: Settings) -> Result<ExitCode> {
         flush: Some(flush),
         telemetry_path: settings.telemetry_path.clone(),
     });
+    // Before the "listening" line: a SIGTERM sent as soon as it appears
+    // must find the handler installed (the capability drop below takes a
+    // few milliseconds).
+    let mut signals = Signals::install()?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listening on {}", settings.listen))?;
@@ -523,7 +527,6 @@ async fn run(settings: Settings) -> Result<ExitCode> {
         let _ = server_stop.changed().await;
     }));
 
-    let mut signals = Signals::install()?;
     loop {
         match signals.next().await {
             Signal::Stop => break,

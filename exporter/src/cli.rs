@@ -8,7 +8,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, error::ErrorKind};
 use crate::{
     app,
     config::{ALL_PROBES, Config, ConfigErrors, Settings, probe_names, split_list},
-    vocab::build_info::BuildInfo,
+    vocab::{bounded, build_info::BuildInfo},
 };
 
 /// Usage and configuration errors.
@@ -31,6 +31,18 @@ struct Cli {
     /// Address to serve metrics on [default: 0.0.0.0:10120].
     #[arg(long = "web.listen-address", value_name = "ADDR")]
     listen_address: Option<String>,
+    /// TLS, basic auth and headers, in the Prometheus exporter-toolkit
+    /// web-config format; re-read when it changes [default: none].
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    web_config_file: Option<PathBuf>,
+    /// Open HTTP connections at most; at the cap the oldest idle one is
+    /// closed [default: 64].
+    #[arg(
+        long = "web.max-connections",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    web_max_connections: Option<usize>,
     /// Path of the metrics endpoint [default: /metrics].
     #[arg(long = "web.telemetry-path", value_name = "PATH")]
     telemetry_path: Option<String>,
@@ -101,6 +113,11 @@ struct Cli {
     /// Also push spans (TCP handshakes, map update/delete calls) over OTLP.
     #[arg(long = "otlp.traces")]
     otlp_traces: bool,
+    /// Capabilities kept once everything is attached: auto (what scrapes
+    /// need: cap_sys_admin with the map probe, else none), all, none, or a
+    /// comma list [default: auto].
+    #[arg(long = "capabilities.keep", value_name = "LIST")]
+    capabilities_keep: Option<String>,
     /// Comma list of attach modes not to try: tp_btf, fentry, kprobe
     /// (probes fall back down their chain, tracepoints last).
     #[arg(long = "attach.disable", value_name = "LIST")]
@@ -119,6 +136,12 @@ impl Cli {
         }
         if let Some(v) = &self.telemetry_path {
             cfg.web.telemetry_path = v.clone();
+        }
+        if let Some(v) = &self.web_config_file {
+            cfg.web.config_file = Some(v.clone());
+        }
+        if let Some(v) = self.web_max_connections {
+            cfg.web.max_connections = v;
         }
         if let Some(v) = &self.probes {
             cfg.probes = split_list(v);
@@ -165,6 +188,9 @@ impl Cli {
         if self.otlp_traces {
             cfg.otlp.traces = true;
         }
+        if let Some(v) = &self.capabilities_keep {
+            cfg.capabilities.keep = v.clone();
+        }
         if let Some(v) = &self.attach_disable {
             cfg.attach.disable = split_list(v);
         }
@@ -197,7 +223,11 @@ fn parse() -> Result<Cli, String> {
 fn usage_line(e: &clap::Error) -> String {
     let text = e.render().to_string();
     let first = text.lines().next().unwrap_or("invalid command line");
-    first.strip_prefix("error: ").unwrap_or(first).to_string()
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!(
+        "{} (see --help)",
+        bounded::one_line(first, bounded::MAX_MESSAGE_CHARS)
+    )
 }
 
 /// RUST_LOG, when set, must be a filter (`info`, `edgewatch=debug,warn`):

@@ -43,6 +43,23 @@ pub struct Config {
     pub xdp: XdpConfig,
     pub otlp: OtlpConfig,
     pub attach: AttachConfig,
+    pub capabilities: CapabilitiesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct CapabilitiesConfig {
+    /// Capabilities kept once everything is attached: auto (what
+    /// scrape-time reads need), all, none, or a comma list.
+    pub keep: String,
+}
+
+impl Default for CapabilitiesConfig {
+    fn default() -> Self {
+        Self {
+            keep: "auto".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -120,6 +137,11 @@ impl Default for BpfConfig {
 pub struct WebConfig {
     pub listen_address: String,
     pub telemetry_path: String,
+    /// TLS, basic auth and headers in the exporter-toolkit web-config
+    /// format; re-read when it changes.
+    pub config_file: Option<PathBuf>,
+    /// Open HTTP connections at most (see web/server.rs).
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -161,6 +183,7 @@ impl Default for Config {
             xdp: XdpConfig::default(),
             otlp: OtlpConfig::default(),
             attach: AttachConfig::default(),
+            capabilities: CapabilitiesConfig::default(),
         }
     }
 }
@@ -170,6 +193,8 @@ impl Default for WebConfig {
         Self {
             listen_address: format!("0.0.0.0:{DEFAULT_PORT}"),
             telemetry_path: "/metrics".into(),
+            config_file: None,
+            max_connections: crate::web::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -202,13 +227,34 @@ impl Default for RingbufConfig {
     }
 }
 
+/// Largest `metrics.series_limit`: 100,000 label sets per family is far
+/// past any useful dashboard and keeps the worst case in the hundreds of
+/// megabytes; "no cap" is not offered.
+pub const MAX_SERIES_LIMIT: usize = 100_000;
+
+/// Problems listed in one error line; the rest are counted.
+const MAX_ERRORS_SHOWN: usize = 20;
+
 /// Every problem found in a configuration, each as `path: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<String>);
 
+/// One line however hostile the input: each problem cut to
+/// `bounded::MAX_MESSAGE_CHARS` with control characters escaped, at most
+/// `MAX_ERRORS_SHOWN` of them, then how many more there are.
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.join("; "))
+        let shown: Vec<String> = self
+            .0
+            .iter()
+            .take(MAX_ERRORS_SHOWN)
+            .map(|e| crate::vocab::bounded::one_line(e, crate::vocab::bounded::MAX_MESSAGE_CHARS))
+            .collect();
+        write!(f, "{}", shown.join("; "))?;
+        if self.0.len() > MAX_ERRORS_SHOWN {
+            write!(f, "; and {} more problems", self.0.len() - MAX_ERRORS_SHOWN)?;
+        }
+        Ok(())
     }
 }
 
@@ -217,8 +263,9 @@ impl std::error::Error for ConfigErrors {}
 impl Config {
     /// Reads and parses a YAML file; see [`Config::parse`].
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        let text =
+            crate::vocab::bounded::read_to_string(path, crate::vocab::bounded::MAX_CONFIG_BYTES)
+                .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
         Self::parse(&text).map_err(|e| {
             ConfigErrors(
                 e.0.into_iter()
@@ -231,6 +278,11 @@ impl Config {
     /// Parses YAML text strictly: every unknown key and the first type error
     /// are reported, each with its path. Does not validate values.
     pub fn parse(text: &str) -> Result<Self, ConfigErrors> {
+        // The YAML parser's time grows with the square of the nesting
+        // depth: refuse deep nesting before it starts.
+        if let Some(e) = crate::vocab::bounded::flow_depth_error(text) {
+            return Err(ConfigErrors(vec![e]));
+        }
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
@@ -282,6 +334,27 @@ impl Config {
             errors.push(format!(
                 "web.telemetry_path: {path:?} must start with '/' and not be '/' or '/healthz'"
             ));
+        } else if let Some(c) = path
+            .chars()
+            .find(|c| !c.is_ascii_graphic() || "?#%{}*".contains(*c))
+        {
+            // A query or fragment never matches a route, a space or a
+            // control character cannot be in a request line, and {} and *
+            // are route patterns: every request would 404.
+            errors.push(format!(
+                "web.telemetry_path: {path:?} has {c:?}; a path is letters, digits and /-._~!$&'()+,;=:@ only"
+            ));
+        }
+        if !(1..=10_000).contains(&self.web.max_connections) {
+            errors.push(format!(
+                "web.max_connections: {} must be from 1 to 10000",
+                self.web.max_connections
+            ));
+        }
+        if let Some(p) = &self.web.config_file
+            && let Err(e) = crate::web::load(p)
+        {
+            errors.push(format!("web.config_file: {e}"));
         }
 
         let mut probes: Vec<&'static str> = Vec::new();
@@ -319,8 +392,11 @@ impl Config {
                 ));
             }
         }
-        if self.metrics.series_limit == 0 {
-            errors.push("metrics.series_limit: must be at least 1".into());
+        if !(1..=MAX_SERIES_LIMIT).contains(&self.metrics.series_limit) {
+            errors.push(format!(
+                "metrics.series_limit: {} must be from 1 to {MAX_SERIES_LIMIT}",
+                self.metrics.series_limit
+            ));
         }
 
         let level = match self.log.level.to_ascii_lowercase().as_str() {
@@ -404,9 +480,22 @@ impl Config {
 
         let otlp = match &self.otlp.endpoint {
             None => None,
-            Some(e) => {
-                let url = format!("{}/v1/metrics", e.trim_end_matches('/'));
+            Some(raw) => {
+                let e = &crate::vocab::redact::url(raw);
+                let url = format!("{}/v1/metrics", raw.trim_end_matches('/'));
                 match url.parse::<axum::http::Uri>() {
+                    _ if raw.contains(['?', '#']) => {
+                        errors.push(format!(
+                            "otlp.endpoint: {e:?} has a query or fragment; give the base URL only (edgewatch appends /v1/metrics)"
+                        ));
+                        None
+                    }
+                    Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
+                        errors.push(format!(
+                            "otlp.endpoint: {e:?}: credentials in the URL are not sent to the collector; remove them"
+                        ));
+                        None
+                    }
                     Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {
                         Some(uri)
                     }
@@ -465,10 +554,19 @@ impl Config {
             ));
         }
 
+        let capabilities_keep =
+            crate::caps::parse_keep(&self.capabilities.keep).unwrap_or_else(|e| {
+                errors.push(format!("capabilities.keep: {e}"));
+                crate::caps::Keep::Auto
+            });
+
         match listen {
             Some(listen) if errors.is_empty() => Ok(Settings {
+                capabilities_keep,
                 listen,
                 telemetry_path: path.clone(),
+                web_config_file: self.web.config_file.clone(),
+                web_max_connections: self.web.max_connections,
                 probes,
                 labels,
                 series_limit: self.metrics.series_limit,
@@ -503,6 +601,10 @@ pub fn probe_names() -> Vec<&'static str> {
 pub struct Settings {
     pub listen: SocketAddr,
     pub telemetry_path: String,
+    pub web_config_file: Option<PathBuf>,
+    pub web_max_connections: usize,
+    /// What to keep after attaching (see caps.rs).
+    pub capabilities_keep: crate::caps::Keep,
     pub probes: Vec<&'static str>,
     pub labels: OptInLabels,
     pub series_limit: usize,
@@ -645,6 +747,56 @@ mod tests {
                 "attach.disable[0]"
             ]
         );
+    }
+
+    #[test]
+    fn hostile_values_are_refused() {
+        let mut cfg = Config::default();
+        cfg.metrics.series_limit = usize::MAX;
+        cfg.web.telemetry_path = "/m?x=1".into();
+        cfg.otlp.endpoint = Some("http://user:pw@h:4318".into());
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("metrics.series_limit: 18446744073709551615 must be from 1 to 100000"),
+            "{err}"
+        );
+        assert!(
+            err.contains("web.telemetry_path: \"/m?x=1\" has '?'"),
+            "{err}"
+        );
+        assert!(err.contains("\"http://***@h:4318\": credentials"), "{err}");
+        assert!(!err.contains("pw"), "{err}");
+        let mut cfg = Config::default();
+        cfg.otlp.endpoint = Some("http://h:4318/#f".into());
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("query or fragment")
+        );
+        cfg.otlp.endpoint = Some("http://h:4318/base/".into());
+        let s = cfg.validate().unwrap();
+        assert_eq!(s.otlp.unwrap().to_string(), "http://h:4318/base/v1/metrics");
+    }
+
+    #[test]
+    fn error_lines_are_bounded() {
+        let errs = ConfigErrors(
+            (0..1000)
+                .map(|i| format!("k{i}: {}", "x".repeat(10_000)))
+                .collect(),
+        );
+        let line = errs.to_string();
+        assert!(!line.contains('\n'));
+        assert!(line.len() < 20 * 300, "{}", line.len());
+        assert!(line.ends_with("; and 980 more problems"), "{line:.100}");
+        let nested = format!("web: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let t = std::time::Instant::now();
+        assert_eq!(
+            Config::parse(&nested).unwrap_err().0,
+            vec!["collections nested more than 64 deep"]
+        );
+        assert!(t.elapsed() < Duration::from_secs(1));
     }
 
     #[test]

@@ -147,10 +147,12 @@ pub fn parse_blocklist(path: &str, text: &str) -> Result<BTreeSet<IpNet>, Blockl
 /// Reads and parses a blocklist file.
 pub fn read_blocklist(path: &Path) -> Result<BTreeSet<IpNet>, BlocklistError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| BlocklistError::Read {
-        path: shown.clone(),
-        error: e.to_string(),
-    })?;
+    let text =
+        crate::vocab::bounded::read_to_string(path, crate::vocab::bounded::MAX_BLOCKLIST_BYTES)
+            .map_err(|e| BlocklistError::Read {
+                path: shown.clone(),
+                error: e.to_string(),
+            })?;
     parse_blocklist(&shown, &text)
 }
 

@@ -9,12 +9,12 @@
 //! | 8 | `cli` | command line, exit codes |
 //! | 7 | `app` | start-up shared by check and run; `build_registry` |
 //! | 6 | `config` | the YAML file and flags, validated into `Settings` |
-//! | 5 | `export` | the typed snapshot, /metrics, OTLP push |
+//! | 5 | `export`, `web` | the typed snapshot, /metrics, OTLP push; the HTTP server (TLS, auth, limits) |
 //! | 4 | `pipeline` | ring-buffer consumer, the kind -> aggregator table |
 //! | 3 | `probe`, `datapath` | probe definitions and attach chains; the XDP datapath |
 //! | 2 | `aggregate`, `scrape` | records into metrics; kernel state read at scrape time |
 //! | 1 | `telemetry` | self-metrics and internal events |
-//! | 0 | `vocab`, `system`, `bpfobj` | shared vocabularies; host and object preparation |
+//! | 0 | `vocab`, `system`, `bpfobj`, `caps` | shared vocabularies; host and object preparation; capabilities |
 //!
 //! Data flows hooks -> ring buffer -> `pipeline` -> `aggregate` -> registry
 //! -> `export`; the second flow, BPF maps read at scrape time, goes
@@ -23,6 +23,7 @@
 pub mod aggregate;
 pub mod app;
 pub mod bpfobj;
+pub mod caps;
 pub mod cli;
 pub mod config;
 pub mod datapath;
@@ -33,3 +34,4 @@ pub mod scrape;
 pub mod system;
 pub mod telemetry;
 pub mod vocab;
+pub mod web;

@@ -517,3 +517,23 @@ pub fn python() -> std::path::PathBuf {
     );
     py
 }
+
+/// The capability set edgewatch is documented to start with: the
+/// `CAP_*` rows of README.md's capability table (between the
+/// `capabilities: start/end` markers). The systemd unit, the DaemonSet
+/// and the least-privilege test all take it from there.
+pub fn documented_capabilities() -> Vec<String> {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let start = readme
+        .find("<!-- capabilities: start -->")
+        .expect("README.md has the capability table markers");
+    let end = readme[start..]
+        .find("<!-- capabilities: end -->")
+        .expect("end marker")
+        + start;
+    readme[start..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `CAP_"))
+        .map(|rest| format!("CAP_{}", rest.split('`').next().unwrap()))
+        .collect()
+}

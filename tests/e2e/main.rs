@@ -14,6 +14,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod caps;
 mod connect;
 mod dashboards;
 mod image;
@@ -22,5 +23,7 @@ mod new_probe;
 mod otlp;
 mod prometheus;
 mod retransmit;
+mod sigkill;
 mod system;
+mod web;
 mod xdp;

@@ -44,7 +44,7 @@ fn bad_values_are_all_reported() {
     let (code, _, stderr) = edgewatch(&["--config.file", f.path().to_str().unwrap()]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.contains("metrics.series_limit: must be at least 1"),
+        stderr.contains("metrics.series_limit: 0 must be from 1 to 100000"),
         "{stderr}"
     );
     assert!(

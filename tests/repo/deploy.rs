@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, process::Command};
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use crate::common::{binary, promtool, python, repo};
+use crate::common::{binary, documented_capabilities, promtool, python, repo};
 
 #[test]
 fn prometheus_config_and_rules_are_valid() {
@@ -194,4 +194,38 @@ fn daemonset_capabilities_are_the_documented_list() {
             "README lacks CAP_{cap}"
         );
     }
+}
+/// The systemd unit and the DaemonSet grant exactly the capabilities the
+/// README's table documents: one list, kept in one place.
+#[test]
+fn unit_and_daemonset_grant_the_documented_capabilities() {
+    let mut documented = documented_capabilities();
+    documented.sort();
+    assert_eq!(
+        documented,
+        ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_SYS_ADMIN"],
+        "README table"
+    );
+    let unit = std::fs::read_to_string(repo("deploy/systemd/edgewatch.service")).unwrap();
+    for key in ["CapabilityBoundingSet=", "AmbientCapabilities="] {
+        let line = unit
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key} missing from the unit"));
+        let mut caps: Vec<String> = line.split_whitespace().map(String::from).collect();
+        caps.sort();
+        assert_eq!(caps, documented, "systemd {key}");
+    }
+    let ds = std::fs::read_to_string(repo("deploy/kubernetes/daemonset.yaml")).unwrap();
+    let add = ds
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("add: ["))
+        .expect("DaemonSet capabilities add list");
+    let mut caps: Vec<String> = add
+        .trim_end_matches(']')
+        .split(',')
+        .map(|c| format!("CAP_{}", c.trim()))
+        .collect();
+    caps.sort();
+    assert_eq!(caps, documented, "DaemonSet capabilities.add");
 }

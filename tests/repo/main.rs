@@ -11,6 +11,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod bad_inputs;
 mod cli;
 mod dashboards;
 mod deploy;

@@ -11,11 +11,13 @@ use super::Agent;
 use prometheus_client::registry::Registry;
 
 use crate::{
+    caps,
     config::Settings,
     export::{self, otlp::OtlpSettings},
     pipeline::{FlushHandle, Pipeline},
     telemetry::Telemetry,
-    vocab::spans::SpanSink,
+    vocab::{redact, spans::SpanSink},
+    web,
 };
 
 /// `--config.check`: attaches everything, prints one line per probe and
@@ -121,7 +123,7 @@ impl Otlp {
         wiring: &Shared,
     ) -> Option<Self> {
         let uri = settings.otlp.clone()?;
-        tracing::info!(endpoint = %uri, interval = ?settings.otlp_interval, "pushing metrics over OTLP/HTTP");
+        tracing::info!(endpoint = %redact::url(&uri.to_string()), interval = ?settings.otlp_interval, "pushing metrics over OTLP/HTTP");
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(export::otlp::run(
             OtlpSettings {
@@ -187,7 +189,19 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let consumer = tokio::spawn(pipeline.run(stop_rx.clone()));
-    let registry = Arc::new(wiring.registry);
+    let mut registry = wiring.registry;
+    let web = Arc::new(
+        web::Web::new(
+            settings.web_config_file.as_deref(),
+            web::Limits {
+                max_connections: settings.web_max_connections,
+                ..web::Limits::default()
+            },
+            &mut registry,
+        )
+        .map_err(|e| anyhow::anyhow!("web configuration: {e}"))?,
+    );
+    let registry = Arc::new(registry);
     let shared = Shared {
         telemetry: wiring.telemetry,
         spans: wiring.spans,
@@ -198,22 +212,26 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
         flush: Some(flush.clone()),
         telemetry_path: settings.telemetry_path.clone(),
     });
+    // Before the "listening" line: a signal sent as soon as it appears must
+    // find its handler installed.
+    let mut signals = Signals::install()?;
     let address = listener
         .local_addr()
         .context("reading the listen address")?;
     tracing::info!(%address, path = %settings.telemetry_path, "listening");
+    // Everything is attached and bound: keep only what scrapes need.
+    caps::drop_after_attach(
+        &settings.capabilities_keep,
+        settings.probes.contains(&"map"),
+    )
+    .map_err(|e| anyhow::anyhow!("dropping capabilities: {e}"))?;
 
     let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.changed().await;
-            })
-            .await
-    });
+    let server = tokio::spawn(web::serve(listener, app, web, async move {
+        let _ = server_stop.changed().await;
+    }));
 
     let mut running = settings;
-    let mut signals = Signals::install()?;
     loop {
         match signals.next().await {
             Signal::Stop => break,

@@ -40,6 +40,7 @@ use crate::{
     telemetry::{Telemetry, events::ExportFailed},
     vocab::{
         clock::unix_nanos,
+        redact,
         spans::{SpanRecord, SpanSink},
     },
 };
@@ -370,7 +371,7 @@ pub async fn run(
                 exporter: "otlp",
                 reason,
                 error: &error,
-                endpoint: &settings.uri,
+                endpoint: &redact::url(&settings.uri.to_string()),
             });
         }
         if stopping {

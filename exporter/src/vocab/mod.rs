@@ -3,9 +3,11 @@
 //! what the binary was built from).
 //! Nothing here imports anything above it (see tests/repo/layers.rs).
 
+pub mod bounded;
 pub mod build_info;
 pub mod clock;
 pub mod errno;
 pub mod kernel;
 pub mod labels;
+pub mod redact;
 pub mod spans;

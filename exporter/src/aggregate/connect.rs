@@ -16,9 +16,9 @@ use super::{Context, OnRecord, peer_port};
 use crate::vocab::{
     clock::ns_to_seconds,
     errno,
-    kernel::{family_name, ip_addr, name_label},
+    kernel::{family_name, name_label},
     labels::{Foldable, OptLabels, SeriesCap},
-    spans::SpanRecord,
+    spans::{SpanData, SpanRecord},
 };
 
 /// connect() results with a label of their own; any other errno is `other`.
@@ -190,25 +190,19 @@ impl OnRecord<TcpConnect> for ConnectAggregator {
             .get_or_create(&dl)
             .observe(ns_to_seconds(t.duration_ns));
 
-        if self.ctx.spans.is_on() {
+        if let Some(span) = self.ctx.spans.admit(t.hdr.ts_ns) {
             let end = self.ctx.clock.unix_nanos(t.hdr.ts_ns);
-            let mut attributes = vec![
-                ("network.type", family.to_string()),
-                ("network.transport", "tcp".to_string()),
-                ("network.peer.port", t.dport.to_string()),
-                ("process.pid", t.tgid.to_string()),
-                ("process.command", name_label(&t.comm).to_string()),
-                ("edgewatch.outcome", outcome.to_string()),
-            ];
-            if let Some(p) = ip_addr(t.family, &t.daddr) {
-                attributes.push(("network.peer.address", p.to_string()));
-            }
-            self.ctx.spans.push(SpanRecord {
-                name: "tcp.connect",
+            span.push(SpanRecord {
                 start_unix_ns: end.saturating_sub(t.duration_ns),
                 end_unix_ns: end,
-                attributes,
-                error: (outcome != "established").then(|| outcome.to_string()),
+                data: SpanData::TcpConnect {
+                    family: t.family,
+                    daddr: t.daddr,
+                    dport: t.dport,
+                    tgid: t.tgid,
+                    comm: t.comm,
+                    outcome,
+                },
             });
         }
     }

@@ -28,7 +28,7 @@ use crate::vocab::{
     errno,
     kernel::{map_type_name, name_label},
     labels::{Foldable, OVERFLOW, OptLabels, SeriesCap},
-    spans::SpanRecord,
+    spans::{SpanData, SpanRecord},
 };
 
 /// Map-operation results with a label of their own.
@@ -179,30 +179,21 @@ impl OnRecord<MapOp> for MapAggregator {
         let is_update = op.cmd == UPDATE_ELEM || op.cmd == UPDATE_BATCH;
         let mut any_ok = false;
         let elements = elements(op);
-        if self.ctx.spans.is_on() {
+        if let Some(span) = self.ctx.spans.admit(op.hdr.ts_ns) {
             let end = self.ctx.clock.unix_nanos(op.hdr.ts_ns);
-            let failed = elements
-                .iter()
-                .find(|(r, _)| *r != "ok")
-                .map(|(r, _)| r.to_string());
-            let total: u64 = elements.iter().map(|(_, n)| n).sum();
-            self.ctx.spans.push(SpanRecord {
-                name: if is_update {
-                    "bpf.map.update"
-                } else {
-                    "bpf.map.delete"
-                },
+            span.push(SpanRecord {
                 start_unix_ns: end.saturating_sub(op.duration_ns),
                 end_unix_ns: end,
-                attributes: vec![
-                    ("bpf.map.id", op.map_id.to_string()),
-                    ("bpf.map.name", map_name.to_string()),
-                    ("bpf.map.type", map_type.to_string()),
-                    ("bpf.map.elements", total.to_string()),
-                    ("process.pid", op.tgid.to_string()),
-                    ("process.command", name_label(&op.comm).to_string()),
-                ],
-                error: failed,
+                data: SpanData::MapCall {
+                    update: is_update,
+                    map_id: op.map_id,
+                    map_name: op.map_name,
+                    map_type,
+                    elements: elements.iter().map(|(_, n)| n).sum(),
+                    tgid: op.tgid,
+                    comm: op.comm,
+                    error: elements.iter().map(|(r, _)| *r).find(|r| *r != "ok"),
+                },
             });
         }
         for (result, n) in elements {

@@ -63,9 +63,13 @@ pub fn build_registry(
 ) -> Wiring {
     let mut registry = Registry::default();
     let telemetry = Telemetry::register(&mut registry);
-    let spans = match settings.otlp_traces {
-        Some(_) => SpanSink::enabled(settings.max_queued_spans, telemetry.spans_dropped.clone()),
-        None => SpanSink::default(),
+    let spans = match &settings.otlp {
+        Some(o) if o.traces.is_some() => SpanSink::enabled(
+            o.spans,
+            telemetry.span_drop_counters(),
+            crate::vocab::clock::unix_nanos(),
+        ),
+        _ => SpanSink::default(),
     };
     let ctx = aggregate::Context {
         labels: settings.labels,

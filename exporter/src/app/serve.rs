@@ -2,21 +2,22 @@
 //! attach, report, detach) or run it (pipeline, scrape endpoint, OTLP push,
 //! signals).
 
-use std::{process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use tokio::sync::watch;
 
 use super::Agent;
-use crate::{
-    config::Settings,
-    export::{self, otlp::OtlpSettings},
-    pipeline::Pipeline,
-};
+use crate::{config::Settings, export, pipeline::Pipeline};
 
-/// `--config.check`: attaches everything, prints one line per probe and
-/// for the inventory and XDP, detaches. Exit 1 if anything failed.
+/// `--config.check`: prints the effective OTLP settings (secrets
+/// redacted), attaches everything, prints one line per probe and for the
+/// inventory and XDP, detaches. Exit 1 if anything failed.
 pub fn check(settings: &Settings) -> Result<ExitCode> {
+    match &settings.otlp {
+        Some(otlp) => println!("{otlp}"),
+        None => println!("otlp: off"),
+    }
     let agent = Agent::start(settings)?;
     for a in &agent.attached {
         match &a.result {
@@ -86,26 +87,23 @@ async fn serve(settings: Settings) -> Result<ExitCode> {
         .context("registering the ring buffer with tokio")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let consumer = tokio::spawn(pipeline.run(stop_rx.clone()));
+    // The consumer stops last: the OTLP push's last flush needs it.
+    let (consumer_stop, consumer_stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(pipeline.run(consumer_stop_rx));
     let registry = Arc::new(wiring.registry);
-    let otlp = settings.otlp.clone().map(|uri| {
-        tracing::info!(endpoint = %uri, interval = ?settings.otlp_interval, "pushing metrics over OTLP/HTTP");
-        tokio::spawn(export::otlp::run(
-            OtlpSettings {
-                uri,
-                traces: settings
-                    .otlp_traces
-                    .clone()
-                    .map(|u| (u, wiring.spans.clone())),
-                interval: settings.otlp_interval,
-                timeout: settings.otlp_timeout,
-            },
-            registry.clone(),
-            flush.clone(),
-            wiring.telemetry.clone(),
-            stop_rx.clone(),
-        ))
-    });
+    let otlp = match &settings.otlp {
+        Some(o) => {
+            let exporter = export::otlp::Exporter::new(
+                o,
+                wiring.spans.clone(),
+                registry.clone(),
+                flush.clone(),
+                wiring.telemetry.clone(),
+            )?;
+            Some(tokio::spawn(exporter.run(stop_rx.clone())))
+        }
+        None => None,
+    };
     let app = export::prometheus::router(export::prometheus::AppState {
         registry,
         flush: Some(flush),
@@ -139,8 +137,23 @@ async fn serve(settings: Settings) -> Result<ExitCode> {
     drop(datapath);
     let _ = stop_tx.send(true);
     if let Some(otlp) = otlp {
-        let _ = otlp.await;
+        // The last push is bounded by the request timeout; this bounds it
+        // again should anything hang.
+        let bound = settings.otlp.as_ref().map_or(Duration::ZERO, |o| {
+            o.metrics
+                .iter()
+                .chain(&o.traces)
+                .map(|t| t.timeout)
+                .max()
+                .unwrap_or_default()
+        }) + Duration::from_secs(1);
+        let abort = otlp.abort_handle();
+        if tokio::time::timeout(bound, otlp).await.is_err() {
+            abort.abort();
+            tracing::warn!("the OTLP exporter did not stop in time");
+        }
     }
+    let _ = consumer_stop.send(true);
     let _ = consumer.await;
     match server.await {
         Ok(Ok(())) => {}

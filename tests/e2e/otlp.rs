@@ -497,24 +497,48 @@ fn configured_only_through_otel_variables() {
     let rx = Receiver::start(&certs, TOKEN, false);
     let url = rx.url();
     let headers = format!("x-ew-token={TOKEN}");
-    let mut ew = Edgewatch::start_env(
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &url),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_EXPORTER_OTLP_HEADERS", &headers),
-            ("OTEL_EXPORTER_OTLP_CERTIFICATE", certs.ca.to_str().unwrap()),
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
-            ("OTEL_EXPORTER_OTLP_TIMEOUT", "3000"),
-            ("OTEL_TRACES_EXPORTER", "otlp"),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
-            ("OTEL_SERVICE_NAME", "ew-env"),
-            (
-                "OTEL_RESOURCE_ATTRIBUTES",
-                "deployment.environment.name=e2e,team=edge%20ops",
-            ),
-        ],
-        &["--probes", "connect", "--metrics.labels=comm"],
+    let env: &[(&str, &str)] = &[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &url),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", &headers),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", certs.ca.to_str().unwrap()),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "3000"),
+        ("OTEL_TRACES_EXPORTER", "otlp"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+        ("OTEL_SERVICE_NAME", "ew-env"),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=e2e,team=edge%20ops",
+        ),
+    ];
+    // --config.check prints the effective settings, the token redacted.
+    let check = std::process::Command::new(crate::common::binary())
+        .args(["--config.check", "--probes", "connect"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&check.stderr)
     );
+    let metrics_line = format!(
+        "otlp metrics: grpc {url}/ compression=gzip timeout=3000ms headers=[x-ew-token=<redacted>] tls(ca_file={}",
+        certs.ca.display()
+    );
+    assert!(stdout.contains(&metrics_line), "{stdout}");
+    assert!(stdout.contains("otlp traces: grpc"), "{stdout}");
+    assert!(stdout.contains("otlp interval: 300ms"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "otlp resource: service.name=ew-env,deployment.environment.name=e2e,team=edge ops"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(TOKEN), "{stdout}");
+    let mut ew = Edgewatch::start_env(env, &["--probes", "connect", "--metrics.labels=comm"]);
     let comm = format!("otlpe{}", std::process::id() % 100_000);
     const OK: usize = 2;
     const REFUSED: usize = 4;

@@ -87,7 +87,8 @@ async fn serve(settings: Settings) -> Result<ExitCode> {
         .context("registering the ring buffer with tokio")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    // The consumer stops last: the OTLP push's last flush needs it.
+    // The consumer stops first, after a last drain: what the last OTLP
+    // push reads (metrics and queued spans) is then one consistent cut.
     let (consumer_stop, consumer_stop_rx) = watch::channel(false);
     let consumer = tokio::spawn(pipeline.run(consumer_stop_rx));
     let registry = Arc::new(wiring.registry);
@@ -135,6 +136,8 @@ async fn serve(settings: Settings) -> Result<ExitCode> {
     }
     tracing::info!("shutting down");
     drop(datapath);
+    let _ = consumer_stop.send(true);
+    let _ = consumer.await;
     let _ = stop_tx.send(true);
     if let Some(otlp) = otlp {
         // The last push is bounded by the request timeout; this bounds it
@@ -153,8 +156,6 @@ async fn serve(settings: Settings) -> Result<ExitCode> {
             tracing::warn!("the OTLP exporter did not stop in time");
         }
     }
-    let _ = consumer_stop.send(true);
-    let _ = consumer.await;
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server stopped with an error"),

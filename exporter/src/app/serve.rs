@@ -63,6 +63,10 @@ pub fn run(settings: Settings) -> Result<ExitCode> {
 }
 
 async fn serve(settings: Settings) -> Result<ExitCode> {
+    // Before anything is logged as ready: a SIGTERM sent as soon as
+    // "listening" shows must find the handler (the default action would
+    // kill the process without its last push).
+    let mut signals = Signals::install()?;
     // Bind first: an address in use fails before anything is attached.
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -124,7 +128,6 @@ async fn serve(settings: Settings) -> Result<ExitCode> {
             .await
     });
 
-    let mut signals = Signals::install()?;
     loop {
         match signals.next().await {
             Signal::Stop => break,

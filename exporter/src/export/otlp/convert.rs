@@ -431,4 +431,78 @@ mod tests {
             req
         );
     }
+
+    #[test]
+    fn spans_carry_semantic_convention_attributes() {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        let mut daddr = [0u8; 16];
+        daddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let spans = [
+            SpanRecord {
+                start_unix_ns: 10,
+                end_unix_ns: 25,
+                data: SpanData::TcpConnect {
+                    family: libc::AF_INET as u16,
+                    daddr,
+                    dport: 443,
+                    tgid: 42,
+                    comm,
+                    outcome: "refused",
+                },
+            },
+            SpanRecord {
+                start_unix_ns: 30,
+                end_unix_ns: 31,
+                data: SpanData::MapCall {
+                    update: false,
+                    map_id: 7,
+                    map_name: comm,
+                    map_type: "hash",
+                    elements: 3,
+                    tgid: 42,
+                    comm,
+                    error: None,
+                },
+            },
+        ];
+        let req = to_trace_request(&spans, &mut IdGen::seeded(), &resource(&[], "h"));
+        let s = &req.resource_spans[0].scope_spans[0].spans;
+        let get = |i: usize, k: &str| {
+            s[i].attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| a.value.clone()?.value)
+        };
+        let text = |v: &str| Some(any_value::Value::StringValue(v.into()));
+        let int = |v: i64| Some(any_value::Value::IntValue(v));
+        assert_eq!(
+            (s[0].name.as_str(), s[0].kind),
+            ("tcp.connect", SpanKind::Client as i32)
+        );
+        assert_eq!(
+            (s[0].start_time_unix_nano, s[0].end_time_unix_nano),
+            (10, 25)
+        );
+        assert_eq!(get(0, "network.peer.address"), text("10.0.0.1"));
+        assert_eq!(get(0, "server.address"), text("10.0.0.1"));
+        assert_eq!(get(0, "network.peer.port"), int(443));
+        assert_eq!(get(0, "server.port"), int(443));
+        assert_eq!(get(0, "network.type"), text("ipv4"));
+        assert_eq!(get(0, "network.transport"), text("tcp"));
+        assert_eq!(get(0, "process.pid"), int(42));
+        assert_eq!(get(0, "process.command"), text("curl"));
+        assert_eq!(get(0, "error.type"), text("refused"));
+        assert_eq!(s[0].status.as_ref().unwrap().code, StatusCode::Error as i32);
+        assert_eq!(
+            (s[1].name.as_str(), s[1].kind),
+            ("bpf.map.delete", SpanKind::Internal as i32)
+        );
+        assert_eq!(get(1, "edgewatch.bpf.map.id"), int(7));
+        assert_eq!(get(1, "edgewatch.bpf.map.elements"), int(3));
+        assert_eq!(get(1, "error.type"), None);
+        assert_eq!(s[1].status.as_ref().unwrap().code, StatusCode::Unset as i32);
+        assert_ne!(s[0].trace_id, s[1].trace_id);
+        assert_eq!((s[0].trace_id.len(), s[0].span_id.len()), (16, 8));
+    }
 }

@@ -278,10 +278,11 @@ impl Exporter {
             let Some(push) = traces.as_mut() else {
                 return;
             };
-            // The spans queued now, in batches; later ones wait for the
-            // next interval, so a busy host cannot keep this loop going.
+            // The spans queued now, in batches, until the next push is
+            // due: later ones wait for the next interval, so a busy host
+            // cannot hold up the metrics' next push.
             let mut batches = spans.len().div_ceil(SPAN_BATCH);
-            while batches > 0 {
+            while batches > 0 && Instant::now() < deadline {
                 batches -= 1;
                 let batch = spans.peek(SPAN_BATCH);
                 if batch.is_empty() {

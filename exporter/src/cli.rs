@@ -7,7 +7,9 @@ use clap::{CommandFactory, FromArgMatches, Parser, error::ErrorKind};
 
 use crate::{
     app,
-    config::{ALL_PROBES, Config, ConfigErrors, Settings, probe_names, split_list},
+    config::{
+        ALL_PROBES, Config, ConfigErrors, Settings, otlp::parse_key_values, probe_names, split_list,
+    },
     vocab::{bounded, build_info::BuildInfo},
 };
 
@@ -99,10 +101,31 @@ struct Cli {
     /// XDP source-prefix blocklist file (one CIDR a line; SIGHUP reloads it).
     #[arg(long = "xdp.blocklist-file", value_name = "PATH")]
     xdp_blocklist: Option<PathBuf>,
-    /// Push metrics over OTLP/HTTP to this collector endpoint
-    /// (e.g. http://127.0.0.1:4318) [default: off].
+    /// Push metrics over OTLP to this collector: a base URL
+    /// (http://127.0.0.1:4318 for http/protobuf, http://127.0.0.1:4317 for
+    /// grpc; https for TLS) [default: off, or OTEL_EXPORTER_OTLP_ENDPOINT].
     #[arg(long = "otlp.endpoint", value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// OTLP transport: grpc or http/protobuf [default: http/protobuf].
+    #[arg(long = "otlp.protocol", value_name = "PROTOCOL")]
+    otlp_protocol: Option<String>,
+    /// The metrics endpoint, used as is (overrides --otlp.endpoint).
+    #[arg(long = "otlp.metrics-endpoint", value_name = "URL")]
+    otlp_metrics_endpoint: Option<String>,
+    /// The traces endpoint, used as is (overrides --otlp.endpoint; turns
+    /// span export on).
+    #[arg(long = "otlp.traces-endpoint", value_name = "URL")]
+    otlp_traces_endpoint: Option<String>,
+    /// Headers for every OTLP request: k=v,k2=v2 (values percent-encoded,
+    /// as in OTEL_EXPORTER_OTLP_HEADERS).
+    #[arg(long = "otlp.headers", value_name = "LIST")]
+    otlp_headers: Option<String>,
+    /// OTLP compression: gzip or none [default: none].
+    #[arg(long = "otlp.compression", value_name = "ALGO")]
+    otlp_compression: Option<String>,
+    /// Timeout of each OTLP request in milliseconds [default: 10000].
+    #[arg(long = "otlp.timeout-ms", value_name = "MS")]
+    otlp_timeout_ms: Option<u64>,
     /// OTLP push period in milliseconds [default: 15000].
     #[arg(
         long = "otlp.interval-ms",
@@ -110,6 +133,19 @@ struct Cli {
         allow_negative_numbers = true
     )]
     otlp_interval_ms: Option<u64>,
+    /// PEM CA certificates to trust for an https endpoint (instead of the
+    /// system's).
+    #[arg(long = "otlp.tls.ca-file", value_name = "PATH")]
+    otlp_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mTLS (with --otlp.tls.key-file).
+    #[arg(long = "otlp.tls.cert-file", value_name = "PATH")]
+    otlp_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long = "otlp.tls.key-file", value_name = "PATH")]
+    otlp_key_file: Option<PathBuf>,
+    /// Do not verify the collector's certificate.
+    #[arg(long = "otlp.tls.insecure-skip-verify")]
+    otlp_insecure_skip_verify: bool,
     /// Also push spans (TCP handshakes, map update/delete calls) over OTLP.
     #[arg(long = "otlp.traces")]
     otlp_traces: bool,
@@ -118,6 +154,17 @@ struct Cli {
     /// comma list [default: auto].
     #[arg(long = "capabilities.keep", value_name = "LIST")]
     capabilities_keep: Option<String>,
+    /// Fraction of handshakes and map calls that get a span, 0 to 1
+    /// [default: 1].
+    #[arg(long = "otlp.traces-sample-ratio", value_name = "RATIO")]
+    otlp_sample_ratio: Option<f64>,
+    /// At most this many spans per second (token bucket); 0: no limit
+    /// [default: 0].
+    #[arg(long = "otlp.traces-max-per-second", value_name = "N")]
+    otlp_max_per_second: Option<u32>,
+    /// Spans waiting to be sent at most [default: 10000].
+    #[arg(long = "otlp.max-queued-spans", value_name = "N")]
+    otlp_max_queued_spans: Option<usize>,
     /// Comma list of attach modes not to try: tp_btf, fentry, kprobe
     /// (probes fall back down their chain, tracepoints last).
     #[arg(long = "attach.disable", value_name = "LIST")]
@@ -182,11 +229,53 @@ impl Cli {
         if let Some(v) = &self.otlp_endpoint {
             cfg.otlp.endpoint = Some(v.clone());
         }
+        let o = &mut cfg.otlp;
+        if let Some(v) = &self.otlp_protocol {
+            o.protocol = Some(v.clone());
+        }
+        if let Some(v) = &self.otlp_metrics_endpoint {
+            o.metrics_endpoint = Some(v.clone());
+        }
+        if let Some(v) = &self.otlp_traces_endpoint {
+            o.traces_endpoint = Some(v.clone());
+        }
+        if let Some(v) = &self.otlp_headers {
+            let pairs = parse_key_values(v)
+                .map_err(|e| ConfigErrors(vec![format!("--otlp.headers: {e}")]))?;
+            o.headers = pairs.into_iter().collect();
+        }
+        if let Some(v) = &self.otlp_compression {
+            o.compression = Some(v.clone());
+        }
+        if let Some(v) = self.otlp_timeout_ms {
+            o.timeout_ms = Some(v);
+        }
         if let Some(v) = self.otlp_interval_ms {
-            cfg.otlp.interval_ms = v;
+            o.interval_ms = Some(v);
+        }
+        if let Some(v) = &self.otlp_ca_file {
+            o.tls.ca_file = Some(v.clone());
+        }
+        if let Some(v) = &self.otlp_cert_file {
+            o.tls.cert_file = Some(v.clone());
+        }
+        if let Some(v) = &self.otlp_key_file {
+            o.tls.key_file = Some(v.clone());
+        }
+        if self.otlp_insecure_skip_verify {
+            o.tls.insecure_skip_verify = true;
         }
         if self.otlp_traces {
-            cfg.otlp.traces = true;
+            o.traces = true;
+        }
+        if let Some(v) = self.otlp_sample_ratio {
+            o.traces_sample_ratio = v;
+        }
+        if let Some(v) = self.otlp_max_per_second {
+            o.traces_max_per_second = v;
+        }
+        if let Some(v) = self.otlp_max_queued_spans {
+            o.max_queued_spans = v;
         }
         if let Some(v) = &self.capabilities_keep {
             cfg.capabilities.keep = v.clone();

@@ -141,11 +141,15 @@ fn known_series_are_exported_from_zero() {
             "skip reason {reason}"
         );
     }
-    for reason in ["connect", "timeout", "http_status", "encode"] {
+    for reason in edgewatch::export::otlp::ERROR_REASONS {
         assert!(
             m.has(
                 "edgewatch_export_errors_total",
-                &[("exporter", "otlp"), ("reason", reason)]
+                &[
+                    ("exporter", "otlp"),
+                    ("signal", "metrics"),
+                    ("reason", reason)
+                ]
             ),
             "export error reason {reason}"
         );

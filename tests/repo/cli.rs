@@ -164,3 +164,86 @@ fn an_oversized_blocklist_is_refused_before_attaching() {
     );
     assert_eq!(stderr.matches("262145").count(), 1, "said once: {stderr}");
 }
+/// Bad OTLP settings stop start-up with one line naming the setting, exit
+/// 2, before anything is loaded: by flag, and by OTEL_* variable.
+/// Flags, environment, and what stderr must say.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+#[test]
+fn bad_otlp_settings_exit_2_with_one_line() {
+    let cases: &[Case] = &[
+        (
+            &[
+                "--otlp.endpoint",
+                "http://127.0.0.1:4318",
+                "--otlp.protocol",
+                "http/json",
+            ],
+            &[],
+            "otlp.protocol: unknown protocol \"http/json\" (known: grpc, http/protobuf)",
+        ),
+        (
+            &[
+                "--otlp.endpoint",
+                "http://127.0.0.1:4318",
+                "--otlp.headers",
+                "authorization",
+            ],
+            &[],
+            "--otlp.headers: item 1 is not key=value",
+        ),
+        (
+            &[
+                "--otlp.endpoint",
+                "http://127.0.0.1:4318",
+                "--otlp.headers",
+                "bad name=x",
+            ],
+            &[],
+            "otlp.headers: \"bad name\" is not a valid header name",
+        ),
+        (
+            &[
+                "--otlp.endpoint",
+                "https://127.0.0.1:4318",
+                "--otlp.tls.ca-file",
+                "/nonexistent/ca.pem",
+            ],
+            &[],
+            "otlp.tls.ca_file: /nonexistent/ca.pem: No such file or directory",
+        ),
+        (
+            &["--otlp.endpoint", "ftp://user:secret@127.0.0.1:4318"],
+            &[],
+            "otlp.endpoint: \"ftp://<redacted>@127.0.0.1:4318\": unsupported scheme \"ftp\"",
+        ),
+        (
+            &[],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "udp"),
+            ],
+            "OTEL_EXPORTER_OTLP_PROTOCOL: unknown protocol \"udp\"",
+        ),
+        (
+            &[],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:4317"),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+            ],
+            "OTEL_EXPORTER_OTLP_CERTIFICATE: /nonexistent/ca.pem: No such file or directory",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let out = Command::new(crate::common::binary())
+            .args(*args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(expected), "{args:?} {env:?}: {stderr}");
+        assert!(!stderr.contains("secret"), "{stderr}");
+    }
+}

@@ -31,7 +31,7 @@ use crate::vocab::{
     errno,
     kernel::{map_type_name, name_label},
     labels::{Foldable, OVERFLOW, OptInLabels, OptLabels, SeriesCap},
-    spans::{SpanRecord, SpanSource},
+    spans::{SpanData, SpanRecord},
 };
 
 /// Map-operation results with a label of their own.
@@ -304,40 +304,28 @@ impl MapAggregator {
         self.last_handles.insert(key, h);
     }
 
+    /// Queues a map-call span if the sampler admits it (decided before
+    /// anything is built; attributes are built at export time).
     fn span(&self, op: &MapOp, update: bool) {
-        let end = self.ctx.clock.unix_nanos(op.hdr.ts_ns);
-        self.ctx.spans.push(SpanRecord {
-            name: if update {
-                "bpf.map.update"
-            } else {
-                "bpf.map.delete"
-            },
-            start_unix_ns: end.saturating_sub(op.duration_ns),
-            end_unix_ns: end,
-            source: SpanSource::MapCall(*op),
-        });
+        if let Some(span) = self.ctx.spans.admit(op.hdr.ts_ns) {
+            let end = self.ctx.clock.unix_nanos(op.hdr.ts_ns);
+            let (ok, failed) = split(op);
+            span.push(SpanRecord {
+                start_unix_ns: end.saturating_sub(op.duration_ns),
+                end_unix_ns: end,
+                data: SpanData::MapCall {
+                    update,
+                    map_id: op.map_id,
+                    map_name: op.map_name,
+                    map_type: Self::type_label(op),
+                    elements: ok + u64::from(failed.is_some()),
+                    tgid: op.tgid,
+                    comm: op.comm,
+                    error: failed.map(|ret| errno::result_label(ret, RESULTS)),
+                },
+            });
+        }
     }
-}
-
-/// A map call span's attributes, and its error status when it failed.
-pub fn span_attributes(op: &MapOp) -> (Vec<(&'static str, String)>, Option<String>) {
-    let elements = elements(op);
-    let failed = elements
-        .iter()
-        .find(|(r, _)| *r != "ok")
-        .map(|(r, _)| r.to_string());
-    let total: u64 = elements.iter().map(|(_, n)| n).sum();
-    (
-        vec![
-            ("bpf.map.id", op.map_id.to_string()),
-            ("bpf.map.name", name_label(&op.map_name).to_string()),
-            ("bpf.map.type", MapAggregator::type_label(op).to_string()),
-            ("bpf.map.elements", total.to_string()),
-            ("process.pid", op.tgid.to_string()),
-            ("process.command", name_label(&op.comm).to_string()),
-        ],
-        failed,
-    )
 }
 
 impl OnRecord<MapOp> for MapAggregator {

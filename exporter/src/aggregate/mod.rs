@@ -16,7 +16,7 @@ use crate::vocab::{
     clock::Clock,
     kernel::ip_addr,
     labels::{Foldable, MetricLabel, OptInLabels, SeriesCap},
-    spans::{SpanSink, SpanSource},
+    spans::SpanSink,
 };
 
 /// Takes one decoded record of type `R`.
@@ -43,15 +43,6 @@ pub struct Context {
     pub clock: Clock,
     /// Where spans go (off unless OTLP traces are on).
     pub spans: SpanSink,
-}
-
-/// A span's attributes (built at export time, off the hot path) and its
-/// error status when it failed.
-pub fn span_attributes(source: &SpanSource) -> (Vec<(&'static str, String)>, Option<String>) {
-    match source {
-        SpanSource::Handshake(t) => connect::span_attributes(t),
-        SpanSource::MapCall(op) => map::span_attributes(op),
-    }
 }
 
 impl Context {

@@ -82,9 +82,13 @@ pub fn build_registry(
     let mut registry = Registry::default();
     let telemetry = Telemetry::register_with_build(&mut registry, &fixed.build);
     let clock = fixed.clock;
-    let spans = match settings.otlp_traces {
-        Some(_) => SpanSink::enabled(settings.max_queued_spans, telemetry.spans_dropped.clone()),
-        None => SpanSink::default(),
+    let spans = match &settings.otlp {
+        Some(o) if o.traces.is_some() => SpanSink::enabled(
+            o.spans,
+            telemetry.span_drop_counters(),
+            crate::vocab::clock::unix_nanos(),
+        ),
+        _ => SpanSink::default(),
     };
     let ctx = aggregate::Context {
         labels: settings.labels,
@@ -104,14 +108,22 @@ pub fn build_registry(
         }
     }
     telemetry.register_export_errors(&mut registry);
-    if settings.otlp.is_some() {
-        for reason in export::otlp::ERROR_REASONS {
-            telemetry
-                .export_errors
-                .get_or_create_owned(&ExportErrorLabels {
-                    exporter: "otlp",
-                    reason,
-                });
+    if let Some(otlp) = &settings.otlp {
+        let signals: &[&'static str] = if otlp.traces.is_some() {
+            &["metrics", "traces"]
+        } else {
+            &["metrics"]
+        };
+        for &signal in signals {
+            for reason in export::otlp::ERROR_REASONS {
+                telemetry
+                    .export_errors
+                    .get_or_create_owned(&ExportErrorLabels {
+                        exporter: "otlp",
+                        signal,
+                        reason,
+                    });
+            }
         }
     }
     if let Some(metrics) = xdp {

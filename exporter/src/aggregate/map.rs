@@ -12,6 +12,9 @@
 //! `metrics.series_limit` label sets per family (past it, map_id, map_name
 //! and comm read `_overflow`); the duration histogram has one series per
 //! map type (about 35); the last-update gauge one per map, same cap.
+//!
+//! Every call on a resolved map also goes to the hot-update doctor
+//! (aggregate/doctor.rs): was the map used by any program, who writes it.
 
 use std::sync::Arc;
 
@@ -22,7 +25,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{Context, OnRecord};
+use super::{Context, OnRecord, doctor::Doctor};
 use crate::vocab::{
     clock::ns_to_seconds,
     errno,
@@ -124,6 +127,7 @@ pub struct MapAggregator {
     updates_cap: SeriesCap<OpLabels>,
     deletes_cap: SeriesCap<OpLabels>,
     last_cap: SeriesCap<MapLabels>,
+    doctor: Doctor,
 }
 
 impl MapAggregator {
@@ -153,7 +157,9 @@ impl MapAggregator {
             "Unix time of the last successful update of each map",
             last_update.clone(),
         );
+        let doctor = Doctor::register(registry, ctx);
         Self {
+            doctor,
             updates_cap: ctx.cap("edgewatch_bpf_map_updates_total"),
             deletes_cap: ctx.cap("edgewatch_bpf_map_deletes_total"),
             last_cap: ctx.cap("edgewatch_bpf_map_last_update_timestamp_seconds"),
@@ -179,6 +185,18 @@ impl OnRecord<MapOp> for MapAggregator {
         let is_update = op.cmd == UPDATE_ELEM || op.cmd == UPDATE_BATCH;
         let mut any_ok = false;
         let elements = elements(op);
+        if op.map_id != 0 {
+            let ok = elements
+                .iter()
+                .filter(|(r, _)| *r == "ok")
+                .map(|(_, n)| n)
+                .sum();
+            let labels = MapLabels {
+                map_id: map_id.clone(),
+                map_name: map_name.clone(),
+            };
+            self.doctor.on_write(op, ok, &labels, map_type);
+        }
         if self.ctx.spans.is_on() {
             let end = self.ctx.clock.unix_nanos(op.hdr.ts_ns);
             let failed = elements

@@ -4,6 +4,7 @@
 //! kind its probe owns (see `probe::Handler`).
 
 pub mod connect;
+pub mod doctor;
 pub mod map;
 pub mod retransmit;
 
@@ -15,6 +16,7 @@ use crate::vocab::{
     clock::Clock,
     kernel::ip_addr,
     labels::{Foldable, MetricLabel, OptInLabels, SeriesCap},
+    refs::References,
     spans::SpanSink,
 };
 
@@ -36,6 +38,8 @@ pub struct Context {
     pub clock: Clock,
     /// Where spans go (off unless OTLP traces are on).
     pub spans: SpanSink,
+    /// Which loaded programs use which maps (the map probe's doctor).
+    pub refs: References,
 }
 
 impl Context {

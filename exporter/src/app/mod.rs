@@ -29,8 +29,8 @@ use crate::{
         xdp::{XdpCollector, XdpMetrics},
     },
     system,
-    telemetry::{ProbeModeLabels, Telemetry},
-    vocab::{clock::Clock, spans::SpanSink},
+    telemetry::{ProbeModeLabels, Telemetry, events::CollectorFailed},
+    vocab::{clock::Clock, refs::References, spans::SpanSink},
 };
 
 /// How one probe's attach chain ended.
@@ -73,6 +73,7 @@ pub fn build_registry(
         series_dropped: telemetry.series_dropped.clone(),
         clock,
         spans: spans.clone(),
+        refs: references(sources, clock, &telemetry),
     };
     let probes: Vec<&'static dyn Probe> = settings.enabled_probes().collect();
     let sinks: Vec<_> = probes
@@ -127,6 +128,22 @@ pub fn build_registry(
         dispatcher,
         spans,
     }
+}
+
+/// Which programs use which maps, read from `sources` when first asked;
+/// failed reads are counted as scrape errors of `bpf_map_references`.
+fn references(sources: &mut dyn Sources, clock: Clock, telemetry: &Telemetry) -> References {
+    let telemetry = telemetry.clone();
+    References::new(
+        sources.references(),
+        clock,
+        Box::new(move |error: &str| {
+            telemetry.emit(CollectorFailed {
+                collector: "bpf_map_references",
+                error: &error,
+            })
+        }),
+    )
 }
 
 /// An agent with every enabled probe attached (or honestly not), the XDP

@@ -1,7 +1,10 @@
 //! map probe: every BPF map update and delete (single and batch) from every
 //! process on the host, and the inventory of every map and program read at
 //! scrape time. BPF side: exporter-ebpf/src/probes/map.bpf.c; aggregation:
-//! aggregate/map.rs; inventory: scrape/inventory.rs.
+//! aggregate/map.rs; inventory: scrape/inventory.rs; the hot-update
+//! doctor (writes no program can read, writers, stale twins):
+//! aggregate/doctor.rs, over the program-to-map snapshot of vocab/refs.rs
+//! read by scrape/refs.rs.
 //!
 //! Attach chain, cheapest first, chosen at start-up:
 //! 1. fentry/fexit on `__sys_bpf` (5.5+, BPF trampolines);

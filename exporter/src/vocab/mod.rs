@@ -1,9 +1,11 @@
 //! The bottom layer: vocabularies every other layer shares (labels and the
-//! series cap, time, the kernel's names for numbers, errno names, spans).
+//! series cap, time, the kernel's names for numbers, errno names, spans,
+//! which programs use which maps).
 //! Nothing here imports anything above it (see tests/repo/layers.rs).
 
 pub mod clock;
 pub mod errno;
 pub mod kernel;
 pub mod labels;
+pub mod refs;
 pub mod spans;

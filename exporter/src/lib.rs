@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | 8 | `cli` | command line, exit codes |
 //! | 7 | `app` | start-up shared by check and run; `build_registry` |
+//! | 7 | `bench` | `edgewatch bench maps`: map-type costs on this kernel |
 //! | 6 | `config` | the YAML file and flags, validated into `Settings` |
 //! | 5 | `export` | the typed snapshot, /metrics, OTLP push |
 //! | 4 | `pipeline` | ring-buffer consumer, the kind -> aggregator table |
@@ -22,6 +23,7 @@
 
 pub mod aggregate;
 pub mod app;
+pub mod bench;
 pub mod bpfobj;
 pub mod cli;
 pub mod config;

@@ -76,6 +76,28 @@ PANELS = [
 ]
 
 
+
+def hot_update_doctor_row():
+    """[F11] Map writes that cannot take effect: writes to maps no program
+    uses, stale twins (the reload bug), writers per map, programs per map."""
+    sel = 'instance=~\"$instance\"'
+    return ("BPF map hot-update doctor", [
+        ("Writes to maps no program uses/s", "timeseries", "ops",
+         [(f"topk(10, sum by (map_name, map_id, comm) (rate(edgewatch_bpf_map_unreferenced_writes_total{{{sel}}}[$__rate_interval])))",
+           "{{comm}} -> {{map_name}} (id {{map_id}})")]),
+        ("Stale twins (written, replaced by a newer map of the same name)", "table", "none",
+         [(f"max by (map_name, map_id, successor_id) (edgewatch_bpf_map_stale_twin{{{sel}}})",
+           "{{map_name}} {{map_id}} -> {{successor_id}}")]),
+        ("Writer processes per map (5 min)", "timeseries", "none",
+         [(f"topk(10, max by (map_name, map_id) (edgewatch_bpf_map_writers{{{sel}}}))", "{{map_name}} (id {{map_id}})")]),
+        ("Maps written but used by no program", "stat", "none",
+         [(f"count(max by (instance, map_id) (edgewatch_bpf_map_writers{{{sel}}}) and on (instance, map_id) max by (instance, map_id) (edgewatch_bpf_map_programs{{{sel}}}) == 0) or vector(0)",
+           "maps")]),
+    ])
+
+
+PANELS.append(hot_update_doctor_row())
+
 def panel(pid, title, ptype, unit, targets, x, y):
     return {
         "id": pid,

@@ -14,4 +14,5 @@ mod common;
 mod cli;
 mod dashboards;
 mod deploy;
+mod doctor_rules;
 mod layers;

@@ -68,10 +68,15 @@ impl RingRecord for MapOp {
     const KIND: u16 = KIND_MAP_OP;
 }
 
+impl RingRecord for BpfChange {
+    const KIND: u16 = KIND_BPF_CHANGE;
+}
+
 pub const KIND_CONNECT_CALL: u16 = 1;
 pub const KIND_TCP_CONNECT: u16 = 2;
 pub const KIND_RETRANSMIT: u16 = 3;
 pub const KIND_MAP_OP: u16 = 4;
+pub const KIND_BPF_CHANGE: u16 = 5;
 
 pub const PROBE_CONNECT: u32 = 0;
 pub const PROBE_RETRANSMIT: u32 = 1;
@@ -104,6 +109,7 @@ pub const DEFINES: &[(&str, u64)] = &[
     ("EW_KIND_TCP_CONNECT", KIND_TCP_CONNECT as u64),
     ("EW_KIND_RETRANSMIT", KIND_RETRANSMIT as u64),
     ("EW_KIND_MAP_OP", KIND_MAP_OP as u64),
+    ("EW_KIND_BPF_CHANGE", KIND_BPF_CHANGE as u64),
     ("EW_PROBE_CONNECT", PROBE_CONNECT as u64),
     ("EW_PROBE_RETRANSMIT", PROBE_RETRANSMIT as u64),
     ("EW_PROBE_MAP", PROBE_MAP as u64),
@@ -217,6 +223,19 @@ wire_record! {
 }
 
 wire_record! {
+    /// A successful bpf() call that may change which programs use which
+    /// maps (program load, attach/detach, link create/update/detach, map
+    /// binding).
+    "ew_bpf_change" => pub struct BpfChange {
+        pub hdr: Header,
+        pub tgid: u32,
+        /// The bpf() command.
+        pub cmd: u16,
+        pub _pad: u16,
+    }
+}
+
+wire_record! {
     /// One map of the inventory iterator's output.
     "ew_map_entries" => pub struct MapEntries {
         pub map_id: u32,
@@ -257,6 +276,7 @@ pub const RECORDS: &[(&str, usize, &[FieldLayout])] = &[
     record_entry::<TcpConnect>(),
     record_entry::<Retransmit>(),
     record_entry::<MapOp>(),
+    record_entry::<BpfChange>(),
     record_entry::<MapEntries>(),
     record_entry::<XdpCounter>(),
     record_entry::<LpmV4>(),

@@ -20,6 +20,7 @@
 #define EW_KIND_TCP_CONNECT 2
 #define EW_KIND_RETRANSMIT 3
 #define EW_KIND_MAP_OP 4
+#define EW_KIND_BPF_CHANGE 5
 
 /* Probe ids: index into the per-CPU `ew_lost` array counting records the
  * kernel could not reserve. */
@@ -97,6 +98,18 @@ struct ew_map_op {
 	__u32 _pad2;
 	char map_name[16];
 	char comm[EW_COMM_LEN];
+};
+
+/* A bpf() call that may change which programs use which maps, and that
+ * succeeded: BPF_PROG_LOAD, BPF_PROG_ATTACH, BPF_PROG_DETACH,
+ * BPF_RAW_TRACEPOINT_OPEN, BPF_LINK_CREATE, BPF_LINK_UPDATE,
+ * BPF_LINK_DETACH, BPF_PROG_BIND_MAP. User space re-reads every program's
+ * map ids before it judges the map writes that follow. */
+struct ew_bpf_change {
+	struct ew_hdr hdr;
+	__u32 tgid;
+	__u16 cmd;
+	__u16 _pad;
 };
 
 /* One map of the inventory iterator (iter/bpf_map), written with

@@ -2,7 +2,9 @@
 /*
  * map probe: every BPF_MAP_UPDATE_ELEM, _DELETE_ELEM, _UPDATE_BATCH and
  * _DELETE_BATCH from every process, with the map it targets, the result and
- * the duration; plus the map inventory iterator.
+ * the duration; every successful program load, attach/detach, link change
+ * and map binding (ew_bpf_change, so user space re-reads which programs use
+ * which maps); plus the map inventory iterator.
  *
  * Three attach modes, tried in this order by user space, all feeding the
  * same enter/exit logic:
@@ -29,6 +31,16 @@
 #define EW_BPF_MAP_DELETE_ELEM 3
 #define EW_BPF_MAP_UPDATE_BATCH 26
 #define EW_BPF_MAP_DELETE_BATCH 27
+
+/* Calls that may change which programs use which maps (ew_bpf_change). */
+#define EW_BPF_PROG_LOAD 5
+#define EW_BPF_PROG_ATTACH 8
+#define EW_BPF_PROG_DETACH 9
+#define EW_BPF_RAW_TRACEPOINT_OPEN 17
+#define EW_BPF_LINK_CREATE 28
+#define EW_BPF_LINK_UPDATE 29
+#define EW_BPF_LINK_DETACH 34
+#define EW_BPF_PROG_BIND_MAP 35
 
 #define EW_MAP_TYPE_HASH 1
 #define EW_MAP_TYPE_PERCPU_HASH 5
@@ -62,6 +74,13 @@ static __always_inline int ew_is_map_cmd(int cmd)
 {
 	return cmd == EW_BPF_MAP_UPDATE_ELEM || cmd == EW_BPF_MAP_DELETE_ELEM ||
 	       cmd == EW_BPF_MAP_UPDATE_BATCH || cmd == EW_BPF_MAP_DELETE_BATCH;
+}
+
+static __always_inline int ew_is_change_cmd(int cmd)
+{
+	return cmd == EW_BPF_PROG_LOAD || cmd == EW_BPF_PROG_ATTACH || cmd == EW_BPF_PROG_DETACH ||
+	       cmd == EW_BPF_RAW_TRACEPOINT_OPEN || cmd == EW_BPF_LINK_CREATE ||
+	       cmd == EW_BPF_LINK_UPDATE || cmd == EW_BPF_LINK_DETACH || cmd == EW_BPF_PROG_BIND_MAP;
 }
 
 static __always_inline int ew_is_batch(int cmd)
@@ -101,6 +120,14 @@ static __always_inline void ew_map_enter(int cmd, __u64 uattr)
 	__u64 id;
 	__u32 fd = 0;
 
+	if (ew_is_change_cmd(cmd)) {
+		/* Only its result matters (ew_map_exit). */
+		id = bpf_get_current_pid_tgid();
+		call.cmd = (__u16)cmd;
+		if (bpf_map_update_elem(&ew_map_calls, &id, &call, BPF_ANY))
+			ew_count_lost(EW_PROBE_MAP);
+		return;
+	}
 	if (!ew_is_map_cmd(cmd))
 		return;
 	id = bpf_get_current_pid_tgid();
@@ -127,6 +154,19 @@ static __always_inline void ew_map_enter(int cmd, __u64 uattr)
 		ew_count_lost(EW_PROBE_MAP);
 }
 
+/* A program load, attach or link change went through: tell user space. */
+static __always_inline void ew_emit_change(__u16 cmd, __u32 tgid)
+{
+	struct ew_bpf_change *e = ew_reserve(EW_PROBE_MAP, EW_KIND_BPF_CHANGE, sizeof(*e));
+
+	if (!e)
+		return;
+	e->tgid = tgid;
+	e->cmd = cmd;
+	e->_pad = 0;
+	ew_submit(e);
+}
+
 /* Exit of the same call: emit the record. */
 static __always_inline void ew_map_exit(long ret)
 {
@@ -136,6 +176,12 @@ static __always_inline void ew_map_exit(long ret)
 
 	if (!call)
 		return;
+	if (ew_is_change_cmd(call->cmd)) {
+		if (ret >= 0)
+			ew_emit_change(call->cmd, id >> 32);
+		bpf_map_delete_elem(&ew_map_calls, &id);
+		return;
+	}
 	e = ew_reserve(EW_PROBE_MAP, EW_KIND_MAP_OP, sizeof(*e));
 	if (e) {
 		e->duration_ns = e->hdr.ts_ns - call->start_ns;

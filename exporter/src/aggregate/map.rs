@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use edgewatch_common::MapOp;
+use edgewatch_common::{BpfChange, MapOp};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -254,6 +254,14 @@ impl OnRecord<MapOp> for MapAggregator {
                     .set(self.ctx.clock.unix_seconds(op.hdr.ts_ns));
             }
         }
+    }
+}
+
+/// A program load, attach or link change: the doctor re-reads which
+/// programs use which maps before it judges the next write.
+impl OnRecord<BpfChange> for MapAggregator {
+    fn on(&mut self, change: &BpfChange) {
+        self.doctor.on_change(change.tgid);
     }
 }
 

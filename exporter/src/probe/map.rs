@@ -11,7 +11,7 @@
 //! 2. kprobe/kretprobe on `__sys_bpf` (CONFIG_KPROBES);
 //! 3. `syscalls:sys_enter_bpf`/`sys_exit_bpf` (always there).
 
-use edgewatch_common::{MapOp, PROBE_MAP};
+use edgewatch_common::{BpfChange, MapOp, PROBE_MAP};
 use prometheus_client::collector::Collector;
 
 use super::{
@@ -30,7 +30,7 @@ pub const PROBE: ProbeDef<MapAggregator> = ProbeDef {
     name: "map",
     about: "every BPF map update and delete, every map's fullness, every program's cost",
     id: PROBE_MAP,
-    records: &[Handler::of::<MapOp>()],
+    records: &[Handler::of::<MapOp>(), Handler::of::<BpfChange>()],
     chain: &[
         Link {
             mode: AttachMode::Fentry,
@@ -106,6 +106,13 @@ fn op(cmd: u16, ret: i32, requested: u32, count: u32, id: u32, ty: u32, map: &st
 
 fn fixtures() -> Vec<Vec<u8>> {
     vec![
+        // Some process loaded a program: which programs use which maps is re-read.
+        bytes(&BpfChange {
+            hdr: hdr::<BpfChange>(),
+            tgid: 7,
+            cmd: 5,
+            _pad: 0,
+        }),
         op(2, 0, 1, 1, 10, 9, "conntrack"),
         op(2, -libc::EEXIST, 1, 1, 10, 9, "conntrack"),
         op(2, -libc::E2BIG, 1, 1, 10, 9, "conntrack"),

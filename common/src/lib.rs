@@ -89,6 +89,13 @@ pub const COMM_LEN: usize = 16;
 /// `MapEntries::flags`: `entries` is exact.
 pub const ENTRIES_KNOWN: u32 = 1;
 
+/// `MapOp::hashed`: `key_hash` is set.
+pub const MAP_KEY_HASHED: u16 = 1;
+/// `MapOp::hashed`: `value_hash` is set.
+pub const MAP_VALUE_HASHED: u16 = 2;
+/// Bytes of a key or value hashed, at most.
+pub const MAP_HASH_MAX: u32 = 256;
+
 /// `Retransmit::flags`: a SYN-ACK retransmit (tcp_retransmit_synack).
 pub const RTX_SYNACK: u8 = 1;
 /// `Retransmit::flags`: the tracepoint carried `err` (kernel 6.12+).
@@ -118,6 +125,9 @@ pub const DEFINES: &[(&str, u64)] = &[
     ("EW_RTX_SYNACK", RTX_SYNACK as u64),
     ("EW_RTX_HAS_ERR", RTX_HAS_ERR as u64),
     ("EW_ENTRIES_KNOWN", ENTRIES_KNOWN as u64),
+    ("EW_MAP_KEY_HASHED", MAP_KEY_HASHED as u64),
+    ("EW_MAP_VALUE_HASHED", MAP_VALUE_HASHED as u64),
+    ("EW_MAP_HASH_MAX", MAP_HASH_MAX as u64),
     ("EW_XDP_MAX_IFACES", XDP_MAX_IFACES as u64),
     ("EW_XDP_ACTIONS", XDP_ACTIONS as u64),
     ("EW_XDP_PROTOS", XDP_PROTOS as u64),
@@ -215,10 +225,15 @@ wire_record! {
         /// Batch: `attr.batch.count` before the call; 1 otherwise.
         pub requested: u32,
         pub cmd: u16,
-        pub _pad: u16,
+        /// `MAP_KEY_HASHED` | `MAP_VALUE_HASHED`: which hashes are set.
+        pub hashed: u16,
         pub _pad2: u32,
         pub map_name: [u8; 16],
         pub comm: [u8; COMM_LEN],
+        /// FNV-1a 64 of the key's first `MAP_HASH_MAX` bytes.
+        pub key_hash: u64,
+        /// Likewise of the value written (updates).
+        pub value_hash: u64,
     }
 }
 

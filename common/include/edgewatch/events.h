@@ -83,6 +83,12 @@ struct ew_retransmit {
 	__u8 daddr[16]; /* remote address; IPv4 in the first 4 bytes */
 };
 
+/* ew_map_op.hashed: only single-element calls, and only when the loader
+ * set ew_map_hashes (--otlp.map-key-hashes). */
+#define EW_MAP_KEY_HASHED 1
+#define EW_MAP_VALUE_HASHED 2
+#define EW_MAP_HASH_MAX 256
+
 /* One map update or delete (single element or batch) from any process. */
 struct ew_map_op {
 	struct ew_hdr hdr;
@@ -94,10 +100,12 @@ struct ew_map_op {
 	__u32 count;       /* batch: attr.batch.count after the call; 1 otherwise */
 	__u32 requested;   /* batch: attr.batch.count before the call; 1 otherwise */
 	__u16 cmd;         /* BPF_MAP_UPDATE_ELEM, _DELETE_ELEM, _UPDATE_BATCH, _DELETE_BATCH */
-	__u16 _pad;
+	__u16 hashed;      /* EW_MAP_*_HASHED: which of the hashes below are set */
 	__u32 _pad2;
 	char map_name[16];
 	char comm[EW_COMM_LEN];
+	__u64 key_hash;    /* FNV-1a 64 of the key (first EW_MAP_HASH_MAX bytes) */
+	__u64 value_hash;  /* likewise of the value written (updates) */
 };
 
 /* A bpf() call that may change which programs use which maps, and that

@@ -97,10 +97,12 @@ fn op(cmd: u16, ret: i32, requested: u32, count: u32, id: u32, ty: u32, map: &st
         count,
         requested,
         cmd,
-        _pad: 0,
+        hashed: 0,
         _pad2: 0,
         map_name: name(map),
         comm: name("cilium-agent"),
+        key_hash: 0,
+        value_hash: 0,
     })
 }
 

@@ -86,6 +86,10 @@ struct Cli {
     /// Also push spans (TCP handshakes, map update/delete calls) over OTLP.
     #[arg(long = "otlp.traces")]
     otlp_traces: bool,
+    /// Put a hash of each map call's key (and value) on its span
+    /// (needs --otlp.traces).
+    #[arg(long = "otlp.map-key-hashes")]
+    otlp_map_key_hashes: bool,
     /// Comma list of attach modes not to try: tp_btf, fentry, kprobe
     /// (probes fall back down their chain, tracepoints last).
     #[arg(long = "attach.disable", value_name = "LIST")]
@@ -205,6 +209,9 @@ impl Cli {
         }
         if self.otlp_traces {
             cfg.otlp.traces = true;
+        }
+        if self.otlp_map_key_hashes {
+            cfg.otlp.map_key_hashes = true;
         }
         if let Some(v) = &self.attach_disable {
             cfg.attach.disable = split_list(v);

@@ -66,6 +66,9 @@ pub struct OtlpConfig {
     pub traces: bool,
     /// Spans queued between pushes; past it they are dropped and counted.
     pub max_queued_spans: usize,
+    /// Put a hash of the key (and of the value, for updates) on every
+    /// map-call span: one key's history across writers. Needs `traces`.
+    pub map_key_hashes: bool,
 }
 
 impl Default for OtlpConfig {
@@ -76,6 +79,7 @@ impl Default for OtlpConfig {
             timeout_ms: 5_000,
             traces: false,
             max_queued_spans: 10_000,
+            map_key_hashes: false,
         }
     }
 }
@@ -426,6 +430,10 @@ impl Config {
         if self.otlp.traces && self.otlp.endpoint.is_none() {
             errors.push("otlp.traces: needs otlp.endpoint".into());
         }
+        if self.otlp.map_key_hashes && !self.otlp.traces {
+            errors
+                .push("otlp.map_key_hashes: needs otlp.traces (the hashes go on the spans)".into());
+        }
         if self.otlp.max_queued_spans == 0 {
             errors.push("otlp.max_queued_spans: must be at least 1".into());
         }
@@ -483,6 +491,7 @@ impl Config {
                 disabled_modes,
                 otlp_traces,
                 max_queued_spans: self.otlp.max_queued_spans,
+                map_key_hashes: self.otlp.map_key_hashes,
                 otlp_interval: Duration::from_millis(self.otlp.interval_ms),
                 otlp_timeout: Duration::from_millis(self.otlp.timeout_ms),
             }),
@@ -521,6 +530,8 @@ pub struct Settings {
     /// `<endpoint>/v1/traces` when span export is on.
     pub otlp_traces: Option<axum::http::Uri>,
     pub max_queued_spans: usize,
+    /// Hash map keys and values into the map-call spans.
+    pub map_key_hashes: bool,
     pub otlp_interval: Duration,
     pub otlp_timeout: Duration,
 }
@@ -643,6 +654,20 @@ mod tests {
                 "attach.disable[0]"
             ]
         );
+    }
+
+    #[test]
+    fn map_key_hashes_need_traces() {
+        let mut cfg = Config::default();
+        cfg.otlp.map_key_hashes = true;
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(
+            err.0,
+            vec!["otlp.map_key_hashes: needs otlp.traces (the hashes go on the spans)"]
+        );
+        cfg.otlp.endpoint = Some("http://127.0.0.1:4318".into());
+        cfg.otlp.traces = true;
+        assert!(cfg.validate().unwrap().map_key_hashes);
     }
 
     #[test]

@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use edgewatch_common::{BpfChange, MapOp};
+use edgewatch_common::{BpfChange, MAP_KEY_HASHED, MAP_VALUE_HASHED, MapOp};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -204,6 +204,22 @@ impl OnRecord<MapOp> for MapAggregator {
                 .find(|(r, _)| *r != "ok")
                 .map(|(r, _)| r.to_string());
             let total: u64 = elements.iter().map(|(_, n)| n).sum();
+            let mut attributes = vec![
+                ("bpf.map.id", op.map_id.to_string()),
+                ("bpf.map.name", map_name.to_string()),
+                ("bpf.map.type", map_type.to_string()),
+                ("bpf.map.elements", total.to_string()),
+                ("process.pid", op.tgid.to_string()),
+                ("process.command", name_label(&op.comm).to_string()),
+            ];
+            // The change log (otlp.map_key_hashes): FNV-1a 64 of the key and
+            // value the writer passed, so one key can be followed across writers.
+            if op.hashed & MAP_KEY_HASHED != 0 {
+                attributes.push(("bpf.map.key_hash", format!("{:016x}", op.key_hash)));
+            }
+            if op.hashed & MAP_VALUE_HASHED != 0 {
+                attributes.push(("bpf.map.value_hash", format!("{:016x}", op.value_hash)));
+            }
             self.ctx.spans.push(SpanRecord {
                 name: if is_update {
                     "bpf.map.update"
@@ -212,14 +228,7 @@ impl OnRecord<MapOp> for MapAggregator {
                 },
                 start_unix_ns: end.saturating_sub(op.duration_ns),
                 end_unix_ns: end,
-                attributes: vec![
-                    ("bpf.map.id", op.map_id.to_string()),
-                    ("bpf.map.name", map_name.to_string()),
-                    ("bpf.map.type", map_type.to_string()),
-                    ("bpf.map.elements", total.to_string()),
-                    ("process.pid", op.tgid.to_string()),
-                    ("process.command", name_label(&op.comm).to_string()),
-                ],
+                attributes,
                 error: failed,
             });
         }
@@ -278,6 +287,59 @@ mod tests {
         o.requested = requested;
         o.count = count;
         o
+    }
+
+    #[test]
+    fn spans_carry_the_hashes_the_kernel_set() {
+        use prometheus_client::metrics::counter::Counter;
+
+        use crate::vocab::{clock::Clock, labels::OptInLabels, spans::SpanSink};
+
+        let spans = SpanSink::enabled(10, Counter::default());
+        let ctx = Context {
+            labels: OptInLabels::default(),
+            series_limit: 10,
+            series_dropped: Family::default(),
+            clock: Clock::fixed(0),
+            spans: spans.clone(),
+            refs: Default::default(),
+        };
+        let mut agg = MapAggregator::register(&mut Registry::default(), &ctx);
+        let mut hashed = op(2, 0, 1, 1);
+        hashed.map_id = 5;
+        hashed.hashed = MAP_KEY_HASHED | MAP_VALUE_HASHED;
+        hashed.key_hash = 0xaf63_bd4c_8601_b7df;
+        hashed.value_hash = 1;
+        agg.on(&hashed);
+        let mut delete = op(3, 0, 1, 1);
+        delete.hashed = MAP_KEY_HASHED;
+        delete.key_hash = 2;
+        agg.on(&delete);
+        agg.on(&op(2, 0, 1, 1));
+        let got: Vec<(Option<String>, Option<String>)> = spans
+            .drain()
+            .iter()
+            .map(|s| {
+                let get = |k| {
+                    s.attributes
+                        .iter()
+                        .find(|(n, _)| *n == k)
+                        .map(|(_, v)| v.clone())
+                };
+                (get("bpf.map.key_hash"), get("bpf.map.value_hash"))
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    Some("af63bd4c8601b7df".into()),
+                    Some("0000000000000001".into())
+                ),
+                (Some("0000000000000002".into()), None),
+                (None, None),
+            ]
+        );
     }
 
     #[test]

@@ -277,6 +277,7 @@ fn load(settings: &Settings) -> Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries("ew_events", settings.ringbuf_size)
         .override_global("ew_wakeup_bytes", &settings.wakeup_bytes, true)
+        .override_global("ew_map_hashes", &u32::from(settings.map_key_hashes), true)
         .load(&object)
         .context("loading the BPF object")
 }

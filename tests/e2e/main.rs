@@ -15,6 +15,7 @@
 mod common;
 
 mod connect;
+mod doctor;
 mod map;
 mod new_probe;
 mod otlp;

@@ -233,8 +233,9 @@ impl Doctor {
     }
 
     /// Some process loaded a program, bound one to a map, or changed a
-    /// link: which programs use which maps may have changed. edgewatch's
-    /// own calls (the inventory's iterator link at every scrape) are not.
+    /// link: which programs use which maps may have changed; re-read before
+    /// the next write is judged. edgewatch's own calls (the inventory's
+    /// iterator link at every scrape) change nothing.
     pub fn on_change(&mut self, tgid: u32) {
         if tgid != self.own_tgid {
             self.refs.changed();

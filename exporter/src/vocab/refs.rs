@@ -7,7 +7,7 @@
 //! When it is re-read (see [`References::judge_at`]):
 //! - after every program load, program-to-map binding and link change that
 //!   edgewatch sees go through bpf() ([`References::changed`]), before the
-//!   next record is judged;
+//!   next write is judged (a burst of changes costs one read);
 //! - whenever it is more than [`MAX_AGE_NS`] older than the write being
 //!   judged, or than now at scrape time.
 //!
@@ -96,6 +96,8 @@ struct State {
     snapshot: Option<Arc<RefSnapshot>>,
     /// Monotonic time the last read started; None before the first.
     read_at: Option<u64>,
+    /// A change was seen since the last read.
+    changed: bool,
 }
 
 /// The shared, lazily re-read snapshot. The default one reads nothing and
@@ -122,11 +124,11 @@ impl References {
     }
 
     /// A program was loaded or bound to a map, or a link changed: re-read
-    /// now, so that every record after this one is judged with it.
+    /// before judging anything else, so that every write after this record
+    /// is judged with a snapshot taken after the change.
     pub fn changed(&self) {
         if let Some(s) = &self.0 {
-            let mut state = s.state.lock().unwrap_or_else(|e| e.into_inner());
-            s.reread(&mut state);
+            s.state.lock().unwrap_or_else(|e| e.into_inner()).changed = true;
         }
     }
 
@@ -141,7 +143,7 @@ impl References {
             None => true,
             Some(at) => at.saturating_add(MAX_AGE_NS) < ts_ns,
         };
-        if expired {
+        if expired || state.changed {
             s.reread(&mut state);
         }
         state.snapshot.clone()
@@ -157,6 +159,7 @@ impl References {
 impl Shared {
     fn reread(&self, state: &mut State) {
         state.read_at = Some(self.clock.monotonic_ns());
+        state.changed = false;
         let mut errors = Vec::new();
         let result = self.source.read(&mut errors);
         for e in &errors {
@@ -241,7 +244,11 @@ mod tests {
         assert_eq!(n(), 1, "still fresh");
         r.judge_at(MAX_AGE_NS + 1);
         assert_eq!(n(), 2, "expired");
+        // Changes are read before the next judgement, once for a burst.
         r.changed();
+        r.changed();
+        assert_eq!(n(), 2);
+        r.judge_at(MAX_AGE_NS + 2);
         assert_eq!(n(), 3);
         r.current();
         assert_eq!(n(), 3);

@@ -156,6 +156,8 @@ struct task_struct {
 
 struct bpf_map {
 	enum bpf_map_type map_type; /* an enum in the kernel: CO-RE wants the same kind */
+	__u32 key_size;
+	__u32 value_size;
 	__u32 max_entries;
 	__u32 id;
 	char name[16];

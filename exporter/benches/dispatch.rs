@@ -72,6 +72,7 @@ fn dispatch_ns(labels: &[&str], spans: Option<f64>, recs: &[Vec<u8>], rounds: us
         series_dropped: telemetry.series_dropped.clone(),
         clock: Clock::now(),
         spans: sink.clone(),
+        refs: Default::default(),
     };
     let connect: &'static dyn Probe = &probe::connect::PROBE;
     let mut d = Dispatcher::new(

@@ -1,12 +1,14 @@
 //! The command line: flags over the config file, validated as a whole,
-//! then check or run. The probe list in `--help` comes from `probe::ALL`.
+//! then check or run; or, with a subcommand, a measurement of this kernel
+//! (`edgewatch bench maps`). The probe list in `--help` comes from
+//! `probe::ALL`.
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory, FromArgMatches, Parser, error::ErrorKind};
 
 use crate::{
-    app,
+    app, bench,
     config::{
         ALL_PROBES, Config, ConfigErrors, Settings, otlp::parse_key_values, probe_names, split_list,
     },
@@ -20,9 +22,13 @@ const EXIT_USAGE: u8 = 2;
 #[command(
     name = "edgewatch",
     version = BuildInfo::VERSION_LINE,
-    about = "eBPF observability exporter for Prometheus and OpenTelemetry"
+    about = "eBPF observability exporter for Prometheus and OpenTelemetry",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    /// Without a subcommand, edgewatch runs the exporter.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// YAML configuration file (strict: unknown keys are errors).
     #[arg(long = "config.file", value_name = "PATH")]
     config_file: Option<PathBuf>,
@@ -165,10 +171,70 @@ struct Cli {
     /// Spans waiting to be sent at most [default: 10000].
     #[arg(long = "otlp.max-queued-spans", value_name = "N")]
     otlp_max_queued_spans: Option<usize>,
+    /// Put a hash of each map call's key (and value) on its span
+    /// (needs --otlp.traces).
+    #[arg(long = "otlp.map-key-hashes")]
+    otlp_map_key_hashes: bool,
     /// Comma list of attach modes not to try: tp_btf, fentry, kprobe
     /// (probes fall back down their chain, tracepoints last).
     #[arg(long = "attach.disable", value_name = "LIST")]
     attach_disable: Option<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Measure this kernel (nothing is attached, nothing is served).
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Bench {
+    /// Lookup and update cost of each BPF map type on this kernel, through
+    /// BPF_PROG_TEST_RUN, ordered by cost next to the order the seeds
+    /// claim. Needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (or root).
+    Maps(MapsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MapsArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = FormatArg::Text)]
+    format: FormatArg,
+    /// Rounds; each figure is the median over them.
+    #[arg(long, value_name = "N", default_value_t = bench::maps::Options::default().rounds,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Program runs per round (BPF_PROG_TEST_RUN repeat).
+    #[arg(long, value_name = "N", default_value_t = bench::maps::Options::default().runs,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Keys in the array and hash maps (the LPM tries hold 1,000 and 100,000 prefixes).
+    #[arg(long, value_name = "N", default_value_t = bench::maps::Options::default().entries,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    entries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FormatArg {
+    /// A table.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+impl MapsArgs {
+    fn options(&self) -> bench::maps::Options {
+        bench::maps::Options {
+            format: match self.format {
+                FormatArg::Text => bench::maps::Format::Text,
+                FormatArg::Json => bench::maps::Format::Json,
+            },
+            rounds: self.rounds,
+            runs: self.runs,
+            entries: self.entries,
+        }
+    }
 }
 
 impl Cli {
@@ -280,6 +346,9 @@ impl Cli {
         if let Some(v) = &self.capabilities_keep {
             cfg.capabilities.keep = v.clone();
         }
+        if self.otlp_map_key_hashes {
+            cfg.otlp.map_key_hashes = true;
+        }
         if let Some(v) = &self.attach_disable {
             cfg.attach.disable = split_list(v);
         }
@@ -365,6 +434,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if let Some(Command::Bench(Bench::Maps(args))) = &cli.command {
+        return match bench::maps::run(args.options()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("edgewatch: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match cli.config().and_then(|c| c.validate()) {
         Ok(s) => s,
         Err(e) => {
@@ -443,6 +521,22 @@ mod tests {
         // Not overridden: from the file.
         assert!(s.labels.comm);
         assert_eq!(s.series_limit, 7);
+    }
+
+    #[test]
+    fn bench_maps_is_a_subcommand_and_flags_stay_as_they_were() {
+        let cli = Cli::try_parse_from(["edgewatch", "bench", "maps", "--format", "json"]).unwrap();
+        let Some(Command::Bench(Bench::Maps(a))) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        let o = a.options();
+        assert_eq!(o.format, bench::maps::Format::Json);
+        assert_eq!(o.rounds, bench::maps::Options::default().rounds);
+        assert!(Cli::try_parse_from(["edgewatch", "bench", "maps", "--runs", "0"]).is_err());
+        // Exporter flags belong to the exporter, not to a subcommand.
+        assert!(Cli::try_parse_from(["edgewatch", "--probes", "map", "bench", "maps"]).is_err());
+        let cli = Cli::try_parse_from(["edgewatch", "--probes", "map", "--config.check"]).unwrap();
+        assert!(cli.command.is_none() && cli.config_check);
     }
 
     #[test]

@@ -463,6 +463,11 @@ impl Config {
         };
 
         let otlp = self.otlp.resolve(env, &mut errors);
+        let traces_on = otlp.as_ref().is_some_and(|o| o.traces.is_some());
+        if self.otlp.map_key_hashes && !traces_on {
+            errors
+                .push("otlp.map_key_hashes: needs otlp.traces (the hashes go on the spans)".into());
+        }
         let mut disabled_modes = Vec::new();
         for (i, m) in self.attach.disable.iter().enumerate() {
             match AttachMode::parse_disableable(m) {
@@ -504,6 +509,7 @@ impl Config {
                 xdp_blocklist,
                 otlp,
                 disabled_modes,
+                map_key_hashes: self.otlp.map_key_hashes,
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -541,6 +547,8 @@ pub struct Settings {
     pub otlp: Option<OtlpSettings>,
     /// Attach modes the operator turned off.
     pub disabled_modes: Vec<AttachMode>,
+    /// Hash map keys and values into the map-call spans.
+    pub map_key_hashes: bool,
 }
 
 /// The ifindex of a network interface in this network namespace.
@@ -709,6 +717,20 @@ mod tests {
             vec!["collections nested more than 64 deep"]
         );
         assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn map_key_hashes_need_traces() {
+        let mut cfg = Config::default();
+        cfg.otlp.map_key_hashes = true;
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(
+            err.0,
+            vec!["otlp.map_key_hashes: needs otlp.traces (the hashes go on the spans)"]
+        );
+        cfg.otlp.endpoint = Some("http://127.0.0.1:4318".into());
+        cfg.otlp.traces = true;
+        assert!(cfg.validate().unwrap().map_key_hashes);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | 8 | `cli` | command line, exit codes |
 //! | 7 | `app` | start-up shared by check and run; `build_registry` |
+//! | 7 | `bench` | `edgewatch bench maps`: map-type costs on this kernel |
 //! | 6 | `config` | the YAML file and flags, validated into `Settings` |
 //! | 5 | `export`, `web` | the typed snapshot, /metrics, OTLP push; the HTTP server (TLS, auth, limits) |
 //! | 4 | `pipeline` | ring-buffer consumer, the kind -> aggregator table |
@@ -22,6 +23,7 @@
 
 pub mod aggregate;
 pub mod app;
+pub mod bench;
 pub mod bpfobj;
 pub mod caps;
 pub mod cli;

@@ -29,11 +29,16 @@ use edgewatch::{
         xdp::{CounterSource, FamilyLabel, IfaceMode, ResultLabel, XdpMetrics},
     },
     telemetry::ExportErrorLabels,
-    vocab::{build_info::BuildInfo, clock::Clock},
+    vocab::{
+        build_info::BuildInfo,
+        clock::Clock,
+        refs::{MapUse, RefSnapshot, RefSource},
+    },
 };
 
-/// A fixed host: three maps, two programs; lost = probe id x 10; one
+/// A fixed host: four maps, two programs; lost = probe id x 10; one
 /// skipped run per program; XDP cell `i` saw i + 1 packets of 100 bytes.
+/// Map 12 "routes" is used by no program and has a newer twin, map 13.
 struct FixedHost;
 
 struct FixedInventory;
@@ -54,6 +59,7 @@ impl InventorySource for FixedInventory {
             row(12, "routes", 11, 1024, Some(1000)),
             row(10, "conntrack", 9, 65536, Some(16384)),
             row(11, "counters", 6, 16, None),
+            row(13, "routes", 11, 1024, Some(1000)),
         ]
     }
 
@@ -74,6 +80,27 @@ impl InventorySource for FixedInventory {
                 run_seconds: 0.000002,
             },
         ]
+    }
+}
+
+struct FixedRefs;
+
+impl RefSource for FixedRefs {
+    fn read(&self, _errors: &mut Vec<String>) -> Result<RefSnapshot, String> {
+        let map = |name: &str, map_type, programs| MapUse {
+            name: name.into(),
+            map_type,
+            programs,
+        };
+        Ok(RefSnapshot {
+            maps: [
+                (10, map("conntrack", 9, 2)),
+                (11, map("counters", 6, 1)),
+                (12, map("routes", 11, 0)),
+                (13, map("routes", 11, 1)),
+            ]
+            .into(),
+        })
     }
 }
 
@@ -117,6 +144,10 @@ impl Sources for FixedHost {
 
     fn xdp_counters(&mut self) -> Box<dyn CounterSource> {
         Box::new(FixedCounters)
+    }
+
+    fn references(&mut self) -> Box<dyn RefSource> {
+        Box::new(FixedRefs)
     }
 }
 

@@ -17,6 +17,7 @@ mod common;
 mod caps;
 mod connect;
 mod dashboards;
+mod doctor;
 mod image;
 mod map;
 mod new_probe;

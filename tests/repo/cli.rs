@@ -164,6 +164,7 @@ fn an_oversized_blocklist_is_refused_before_attaching() {
     );
     assert_eq!(stderr.matches("262145").count(), 1, "said once: {stderr}");
 }
+
 /// Bad OTLP settings stop start-up with one line naming the setting, exit
 /// 2, before anything is loaded: by flag, and by OTEL_* variable.
 /// Flags, environment, and what stderr must say.
@@ -246,4 +247,47 @@ fn bad_otlp_settings_exit_2_with_one_line() {
         assert!(stderr.contains(expected), "{args:?} {env:?}: {stderr}");
         assert!(!stderr.contains("secret"), "{stderr}");
     }
+}
+
+/// `edgewatch bench maps` without its privileges says which it lacks, in
+/// one line, and exits 1: no root-only surprise. As root, the binary runs
+/// as nobody (a copy: the build tree may not be open to nobody).
+#[test]
+fn bench_maps_names_the_privileges_it_lacks() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("edgewatch");
+    std::fs::copy(crate::common::binary(), &copy).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for p in [dir.path(), copy.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let copy = copy.to_str().unwrap();
+    let mut cmd = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", copy]);
+        c
+    } else {
+        Command::new(copy)
+    };
+    let out = cmd.args(["bench", "maps"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    for needed in ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "setcap"] {
+        assert!(stderr.contains(needed), "{needed}: {stderr}");
+    }
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bench_maps_has_help_and_rejects_exporter_flags() {
+    let (code, stdout, _) = edgewatch(&["bench", "maps", "--help"]);
+    assert_eq!(code, Some(0));
+    for flag in ["--format", "--rounds", "--runs", "--entries"] {
+        assert!(stdout.contains(flag), "{flag} missing: {stdout}");
+    }
+    let (code, _, stderr) = edgewatch(&["--probes", "map", "bench", "maps"]);
+    assert_eq!(code, Some(2), "{stderr}");
 }

@@ -343,6 +343,7 @@ mod tests {
             series_dropped: dropped,
             clock: Clock::fixed(0),
             spans: SpanSink::default(),
+            refs: Default::default(),
         };
         let mut agg = ConnectAggregator::register(&mut registry, &ctx);
         if small_tables {

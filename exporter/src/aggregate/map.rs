@@ -12,10 +12,13 @@
 //! `metrics.series_limit` label sets per family (past it, map_id, map_name
 //! and comm read `_overflow`); the duration histogram has one series per
 //! map type (about 35); the last-update gauge one per map, same cap.
+//!
+//! Every call on a resolved map also goes to the hot-update doctor
+//! (aggregate/doctor.rs): was the map used by any program, who writes it.
 
 use std::sync::Arc;
 
-use edgewatch_common::{COMM_LEN, MapOp};
+use edgewatch_common::{BpfChange, COMM_LEN, MAP_KEY_HASHED, MAP_VALUE_HASHED, MapOp};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -25,6 +28,7 @@ use prometheus_client::{
 use super::{
     Context, OnRecord, Reconfigure,
     cache::{Capped, HandleCache},
+    doctor::Doctor,
 };
 use crate::vocab::{
     clock::ns_to_seconds,
@@ -163,6 +167,7 @@ pub struct MapAggregator {
     last_handles: HandleCache<MapKey, Capped<TimeGauge>>,
     /// Duration histograms by map type (`TYPE_SLOTS` for unknown).
     durations: Vec<Option<Histogram>>,
+    doctor: Doctor,
 }
 
 impl MapAggregator {
@@ -192,7 +197,9 @@ impl MapAggregator {
             "Unix time of the last successful update of each map",
             last_update.clone(),
         );
+        let doctor = Doctor::register(registry, ctx);
         Self {
+            doctor,
             updates_cap: ctx.cap("edgewatch_bpf_map_updates_total"),
             deletes_cap: ctx.cap("edgewatch_bpf_map_deletes_total"),
             last_cap: ctx.cap("edgewatch_bpf_map_last_update_timestamp_seconds"),
@@ -322,6 +329,8 @@ impl MapAggregator {
                     tgid: op.tgid,
                     comm: op.comm,
                     error: failed.map(|ret| errno::result_label(ret, RESULTS)),
+                    key_hash: (op.hashed & MAP_KEY_HASHED != 0).then_some(op.key_hash),
+                    value_hash: (op.hashed & MAP_VALUE_HASHED != 0).then_some(op.value_hash),
                 },
             });
         }
@@ -339,6 +348,9 @@ impl OnRecord<MapOp> for MapAggregator {
         }
         if let Some(ret) = failed {
             self.count(op, update, ret, 1);
+        }
+        if op.map_id != 0 {
+            self.doctor.on_write(op, ok, Self::type_label(op));
         }
         if update {
             self.duration(op).observe(ns_to_seconds(op.duration_ns));
@@ -365,6 +377,14 @@ impl Reconfigure for MapAggregator {
     }
 }
 
+/// A program load, attach or link change: the doctor re-reads which
+/// programs use which maps before it judges the next write.
+impl OnRecord<BpfChange> for MapAggregator {
+    fn on(&mut self, change: &BpfChange) {
+        self.doctor.on_change(change.tgid);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytemuck::Zeroable;
@@ -378,6 +398,62 @@ mod tests {
         o.requested = requested;
         o.count = count;
         o
+    }
+
+    #[test]
+    fn spans_carry_the_hashes_the_kernel_set() {
+        use crate::vocab::{
+            clock::Clock,
+            labels::OptInLabels,
+            spans::{DropCounters, SpanData, SpanLimits, SpanSink},
+        };
+
+        let limits = SpanLimits {
+            sample_ratio: 1.0,
+            max_per_second: 0,
+            max_queued: 10,
+        };
+        let spans = SpanSink::enabled(limits, DropCounters::default(), 1);
+        let ctx = Context {
+            labels: OptInLabels::default(),
+            series_limit: 10,
+            series_dropped: Family::default(),
+            clock: Clock::fixed(0),
+            spans: spans.clone(),
+            refs: Default::default(),
+        };
+        let mut agg = MapAggregator::register(&mut Registry::default(), &ctx);
+        let mut hashed = op(2, 0, 1, 1);
+        hashed.map_id = 5;
+        hashed.hashed = MAP_KEY_HASHED | MAP_VALUE_HASHED;
+        hashed.key_hash = 0xaf63_bd4c_8601_b7df;
+        hashed.value_hash = 1;
+        agg.on(&hashed);
+        let mut delete = op(3, 0, 1, 1);
+        delete.hashed = MAP_KEY_HASHED;
+        delete.key_hash = 2;
+        agg.on(&delete);
+        agg.on(&op(2, 0, 1, 1));
+        let got: Vec<(Option<u64>, Option<u64>)> = spans
+            .peek(10)
+            .iter()
+            .map(|s| match s.data {
+                SpanData::MapCall {
+                    key_hash,
+                    value_hash,
+                    ..
+                } => (key_hash, value_hash),
+                SpanData::TcpConnect { .. } => (None, None),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(0xaf63_bd4c_8601_b7df), Some(1)),
+                (Some(2), None),
+                (None, None),
+            ]
+        );
     }
 
     #[test]

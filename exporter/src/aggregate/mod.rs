@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod connect;
+pub mod doctor;
 pub mod map;
 pub mod retransmit;
 
@@ -16,6 +17,7 @@ use crate::vocab::{
     clock::Clock,
     kernel::ip_addr,
     labels::{Foldable, MetricLabel, OptInLabels, SeriesCap},
+    refs::References,
     spans::SpanSink,
 };
 
@@ -43,6 +45,8 @@ pub struct Context {
     pub clock: Clock,
     /// Where spans go (off unless OTLP traces are on).
     pub spans: SpanSink,
+    /// Which loaded programs use which maps (the map probe's doctor).
+    pub refs: References,
 }
 
 impl Context {

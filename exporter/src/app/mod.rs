@@ -30,8 +30,8 @@ use crate::{
         xdp::{XdpCollector, XdpMetrics},
     },
     system,
-    telemetry::{ExportErrorLabels, ProbeModeLabels, Telemetry},
-    vocab::{build_info::BuildInfo, clock::Clock, spans::SpanSink},
+    telemetry::{ExportErrorLabels, ProbeModeLabels, Telemetry, events::CollectorFailed},
+    vocab::{build_info::BuildInfo, clock::Clock, refs::References, spans::SpanSink},
 };
 
 /// How one probe's attach chain ended.
@@ -96,6 +96,7 @@ pub fn build_registry(
         series_dropped: telemetry.series_dropped.clone(),
         clock,
         spans: spans.clone(),
+        refs: references(sources, clock, &telemetry),
     };
     let probes: Vec<&'static dyn Probe> = settings.enabled_probes().collect();
     let sinks: Vec<_> = probes
@@ -171,6 +172,22 @@ pub fn build_registry(
         dispatcher,
         spans,
     }
+}
+
+/// Which programs use which maps, read from `sources` when first asked;
+/// failed reads are counted as scrape errors of `bpf_map_references`.
+fn references(sources: &mut dyn Sources, clock: Clock, telemetry: &Telemetry) -> References {
+    let telemetry = telemetry.clone();
+    References::new(
+        sources.references(),
+        clock,
+        Box::new(move |error: &str| {
+            telemetry.emit(CollectorFailed {
+                collector: "bpf_map_references",
+                error: &error,
+            })
+        }),
+    )
 }
 
 /// An agent with every enabled probe attached (or honestly not), the XDP
@@ -304,6 +321,7 @@ fn load(settings: &Settings) -> Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries("ew_events", settings.ringbuf_size)
         .override_global("ew_wakeup_bytes", &settings.wakeup_bytes, true)
+        .override_global("ew_map_hashes", &u32::from(settings.map_key_hashes), true)
         .load(&object)
         .context("loading the BPF object")
 }

@@ -63,6 +63,9 @@ pub struct OtlpConfig {
     pub traces_sample_ratio: f64,
     /// Spans per second at most (a token bucket); 0: no limit.
     pub traces_max_per_second: u32,
+    /// Put a hash of the key (and of the value, for updates) on every
+    /// map-call span: one key's history across writers. Needs `traces`.
+    pub map_key_hashes: bool,
 }
 
 impl Default for OtlpConfig {
@@ -82,6 +85,7 @@ impl Default for OtlpConfig {
             max_queued_spans: spans.max_queued,
             traces_sample_ratio: spans.sample_ratio,
             traces_max_per_second: spans.max_per_second,
+            map_key_hashes: false,
         }
     }
 }

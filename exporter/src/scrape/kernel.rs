@@ -1,6 +1,6 @@
 //! The running kernel as the scrape-time collectors' source: edgewatch's
 //! own maps (`ew_lost`, `ew_xdp_stats`), its programs' run counters, and
-//! every map and program on the host.
+//! every map and program on the host (and which programs use which maps).
 
 use std::sync::{Arc, Mutex};
 
@@ -14,8 +14,10 @@ use super::{
     inventory::{InventorySource, KernelInventory, load_iterator},
     lost::LostSource,
     missed::MissSource,
+    refs::KernelRefs,
     xdp::CounterSource,
 };
+use crate::vocab::refs::RefSource;
 
 pub struct KernelSources {
     pub bpf: Arc<Mutex<Ebpf>>,
@@ -81,5 +83,9 @@ impl Sources for KernelSources {
             Some(m) => Box::new(Mutex::new(m)),
             None => Box::new(Unavailable("ew_xdp_stats")),
         }
+    }
+
+    fn references(&mut self) -> Box<dyn RefSource> {
+        Box::new(KernelRefs)
     }
 }

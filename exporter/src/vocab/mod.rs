@@ -1,6 +1,6 @@
 //! The bottom layer: vocabularies every other layer shares (labels and the
 //! series cap, time, the kernel's names for numbers, errno names, spans,
-//! what the binary was built from).
+//! what the binary was built from, which programs use which maps).
 //! Nothing here imports anything above it (see tests/repo/layers.rs).
 
 pub mod bounded;
@@ -10,4 +10,5 @@ pub mod errno;
 pub mod kernel;
 pub mod labels;
 pub mod redact;
+pub mod refs;
 pub mod spans;

@@ -52,6 +52,10 @@ pub enum SpanData {
         comm: [u8; 16],
         /// The errno name when the call failed.
         error: Option<&'static str>,
+        /// FNV-1a 64 of the key the writer passed (otlp.map_key_hashes).
+        key_hash: Option<u64>,
+        /// FNV-1a 64 of the value, for updates.
+        value_hash: Option<u64>,
     },
 }
 
@@ -286,6 +290,8 @@ mod tests {
                 tgid: 1,
                 comm: [0; 16],
                 error: None,
+                key_hash: None,
+                value_hash: None,
             },
         }
     }

@@ -276,6 +276,8 @@ fn describe(data: &SpanData) -> (&'static str, SpanKind, Vec<KeyValue>, Option<&
             tgid,
             comm,
             error,
+            key_hash,
+            value_hash,
         } => {
             let mut a = vec![
                 int_attr("edgewatch.bpf.map.id", i64::from(map_id)),
@@ -288,6 +290,13 @@ fn describe(data: &SpanData) -> (&'static str, SpanKind, Vec<KeyValue>, Option<&
                 int_attr("process.pid", i64::from(tgid)),
                 attr("process.command", &name_label(&comm)),
             ];
+            // The change log: one key's history across writers.
+            if let Some(h) = key_hash {
+                a.push(attr("edgewatch.bpf.map.key_hash", &format!("{h:016x}")));
+            }
+            if let Some(h) = value_hash {
+                a.push(attr("edgewatch.bpf.map.value_hash", &format!("{h:016x}")));
+            }
             if let Some(e) = error {
                 a.push(attr("error.type", e));
             }
@@ -463,6 +472,8 @@ mod tests {
                     tgid: 42,
                     comm,
                     error: None,
+                    key_hash: Some(0xaf63_bd4c_8601_b7df),
+                    value_hash: None,
                 },
             },
         ];

@@ -99,7 +99,10 @@ fn prometheus_scrapes_edgewatch() {
 
     let info = query(
         port,
-        "edgewatch_probe_attached{probe=\"connect\",mode=\"tp_btf\"}",
+        &format!(
+            "edgewatch_probe_attached{{probe=\"connect\",mode=\"{}\"}}",
+            common::kernel::kernel().connect_mode()
+        ),
     );
     assert!(info.contains("\"1\"]"), "{info}");
     // Counters arrive with their _total names and histograms whole.

@@ -180,6 +180,15 @@ struct bpf_iter__bpf_map {
 	struct bpf_map *map;
 };
 
+/* iter/bpf_map_elem (5.9+): one call per element of the map the link was
+ * created for, then one with key == NULL. */
+struct bpf_iter__bpf_map_elem {
+	struct bpf_iter_meta *meta;
+	struct bpf_map *map;
+	void *key;
+	void *value;
+};
+
 struct sockaddr {
 	unsigned short sa_family;
 };

@@ -4,6 +4,7 @@ mod aggregate;
 mod bpfobj;
 mod config;
 mod decode;
+mod elemcount;
 mod errno;
 mod export;
 #[cfg(test)]
@@ -84,6 +85,10 @@ struct Cli {
     /// counted (true or false) [default: true].
     #[arg(long = "bpf.enable-stats", value_name = "BOOL")]
     enable_stats: Option<bool>,
+    /// Before kernel 6.6, hash-map slots (max_entries) walked per scrape to
+    /// count elements; maps past it are reported as not exact [default: 1048576].
+    #[arg(long = "bpf.map-count-budget", value_name = "SLOTS")]
+    map_count_budget: Option<u64>,
     /// Attach the XDP datapath to this interface (repeatable) [default: none].
     #[arg(long = "xdp.interface", value_name = "IFACE")]
     xdp_interfaces: Vec<String>,
@@ -148,6 +153,9 @@ impl Cli {
         }
         if let Some(v) = self.enable_stats {
             cfg.bpf.enable_stats = v;
+        }
+        if let Some(v) = self.map_count_budget {
+            cfg.bpf.map_count_budget = v;
         }
         if !self.xdp_interfaces.is_empty() {
             cfg.xdp.interfaces = self.xdp_interfaces.clone();
@@ -220,8 +228,9 @@ fn load(settings: &Settings) -> Result<Ebpf> {
     let btf = aya::Btf::from_sys_fs().ok();
     let kfunc = bpfobj::kernel_func_id(btf.as_ref(), bpfobj::SUM_ELEM_COUNT);
     if kfunc.is_none() {
-        tracing::warn!(
-            "this kernel has no {} (6.6+): hash-map entries and pressure are not exported",
+        tracing::info!(
+            budget = settings.map_count_budget,
+            "this kernel has no {} (6.6+): hash maps are counted by walking them, within bpf.map_count_budget slots per scrape",
             bpfobj::SUM_ELEM_COUNT
         );
     }
@@ -288,7 +297,16 @@ fn check(settings: &Settings) -> Result<ExitCode> {
         Err(e) => println!("{name}: FAILED: {e}"),
     });
     match load_inventory(settings, &mut bpf) {
-        Some(Ok(())) => println!("map inventory: iterator loaded"),
+        Some(Ok(())) => {
+            println!("map inventory: iterator loaded");
+            match elemcount::setup(&mut bpf, settings.map_count_budget) {
+                Ok(None) => println!("map inventory: hash maps counted by bpf_map_sum_elem_count"),
+                Ok(Some(b)) => println!(
+                    "map inventory: hash maps counted by the element iterator (budget {b} slots per scrape)"
+                ),
+                Err(e) => println!("map inventory: element iterator FAILED (no hash-map entries): {e}"),
+            }
+        }
         Some(Err(e)) => println!("map inventory: iterator FAILED (no entries/pressure): {e}"),
         None => {}
     }
@@ -395,6 +413,14 @@ async fn run(settings: Settings) -> Result<ExitCode> {
         }
         None => false,
     };
+    let elem_budget = if iterator {
+        elemcount::setup(&mut bpf, settings.map_count_budget).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "map element iterator failed to load: no hash-map entries/pressure");
+            None
+        })
+    } else {
+        None
+    };
     let program_lists: Vec<(&'static str, &'static [&'static str])> =
         probes.iter().map(|p| (p.name(), p.programs())).collect();
     let bpf = Arc::new(std::sync::Mutex::new(bpf));
@@ -407,6 +433,7 @@ async fn run(settings: Settings) -> Result<ExitCode> {
             Box::new(inventory::KernelInventory {
                 bpf: bpf.clone(),
                 iterator,
+                elem_budget,
             }),
             telemetry.scrape_errors.clone(),
         )));

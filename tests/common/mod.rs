@@ -24,6 +24,7 @@ use std::{
 
 pub mod bpf;
 pub mod frames;
+pub mod kernel;
 
 pub const SKIP_VAR: &str = "EDGEWATCH_SKIP_PRIVILEGED_TESTS";
 

@@ -51,7 +51,7 @@ struct trace_event_raw_inet_sock_set_state {
 	__u8 daddr_v6[16];
 };
 
-/* include/trace/events/tcp.h (6.12+): tcp:tcp_retransmit_skb */
+/* include/trace/events/tcp.h (6.13+; not in 6.12): tcp:tcp_retransmit_skb */
 struct trace_event_raw_tcp_retransmit_skb {
 	struct trace_entry ent;
 	const void *skbaddr;

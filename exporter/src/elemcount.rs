@@ -189,7 +189,10 @@ fn read_count(file: &mut impl Read, max_entries: u64) -> std::io::Result<u64> {
             Ok(0) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && again <= max_entries / 1_000_000 + 1 => {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EAGAIN)
+                    && again <= max_entries / 1_000_000 + 1 =>
+            {
                 again += 1;
             }
             Err(e) => return Err(e),
@@ -228,7 +231,10 @@ mod tests {
 
     #[test]
     fn a_map_larger_than_the_whole_budget_is_never_counted() {
-        assert_eq!(ids(plan(&[c(9, u32::MAX)], u64::from(u32::MAX) - 1)), Vec::<u32>::new());
+        assert_eq!(
+            ids(plan(&[c(9, u32::MAX)], u64::from(u32::MAX) - 1)),
+            Vec::<u32>::new()
+        );
         assert_eq!(ids(plan(&[c(9, u32::MAX)], u64::from(u32::MAX))), vec![9]);
     }
 

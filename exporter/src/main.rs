@@ -304,7 +304,9 @@ fn check(settings: &Settings) -> Result<ExitCode> {
                 Ok(Some(b)) => println!(
                     "map inventory: hash maps counted by the element iterator (budget {b} slots per scrape)"
                 ),
-                Err(e) => println!("map inventory: element iterator FAILED (no hash-map entries): {e}"),
+                Err(e) => {
+                    println!("map inventory: element iterator FAILED (no hash-map entries): {e}")
+                }
             }
         }
         Some(Err(e)) => println!("map inventory: iterator FAILED (no entries/pressure): {e}"),

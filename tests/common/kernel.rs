@@ -82,10 +82,10 @@ impl Btf {
             let vlen = info & 0xffff;
             off += 12;
             off += match kind {
-                1 | 14 | 17 => 4,                    // int, var, decl_tag
-                3 => 12,                             // array
+                1 | 14 | 17 => 4,                      // int, var, decl_tag
+                3 => 12,                               // array
                 4 | 5 | 15 | 19 => 12 * vlen as usize, // struct, union, datasec, enum64
-                6 | 13 => 8 * vlen as usize,         // enum, func_proto
+                6 | 13 => 8 * vlen as usize,           // enum, func_proto
                 _ => 0,
             };
             let id = btf.types.len() as u32;
@@ -143,7 +143,10 @@ fn try_tracing(attach_type: u32, btf_id: u32) -> Result<(), String> {
     put32(&mut a, 108, btf_id);
     let prog = bpf(BPF_PROG_LOAD, &mut a);
     if prog < 0 {
-        return Err(format!("load: {}", std::io::Error::from_raw_os_error(-prog as i32)));
+        return Err(format!(
+            "load: {}",
+            std::io::Error::from_raw_os_error(-prog as i32)
+        ));
     }
     let mut a = [0u8; 128];
     put32(&mut a, 8, prog as u32);
@@ -156,7 +159,10 @@ fn try_tracing(attach_type: u32, btf_id: u32) -> Result<(), String> {
         }
     }
     if link < 0 {
-        return Err(format!("attach: {}", std::io::Error::from_raw_os_error(-link as i32)));
+        return Err(format!(
+            "attach: {}",
+            std::io::Error::from_raw_os_error(-link as i32)
+        ));
     }
     Ok(())
 }
@@ -175,7 +181,7 @@ pub struct Kernel {
     /// tp_btf on `inet_sock_set_state`: Ok, or why not (tried).
     pub tp_btf_sock_state: Result<(), String>,
     /// tp_btf on `tcp_retransmit_skb` with the `err` argument edgewatch's
-    /// program takes (6.12+): Ok, or why not.
+    /// program takes (6.13+; Debian's 6.12 has none): Ok, or why not.
     pub tp_btf_retransmit: Result<(), String>,
     /// The kfunc `bpf_map_sum_elem_count` (6.6+).
     pub sum_elem_count: bool,
@@ -196,7 +202,9 @@ fn probe() -> Kernel {
         .expect("/proc/sys/kernel/osrelease")
         .trim()
         .to_string();
-    let mut parts = release.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = release
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     let btf = Btf::from_sys_fs();
     let no_btf = || Err("no /sys/kernel/btf/vmlinux".to_string());
@@ -224,7 +232,7 @@ fn probe() -> Kernel {
         match btf.tracepoint_args("tcp_retransmit_skb") {
             Some(n) if n >= 3 => tp_btf("tcp_retransmit_synack"),
             n => Err(format!(
-                "tcp_retransmit_skb passes {n:?} arguments: no err (6.12+)"
+                "tcp_retransmit_skb passes {n:?} arguments: no err (6.13+)"
             )),
         }
     });
@@ -325,7 +333,10 @@ fn first_taken(chain: &[(Link, Result<(), String>)]) -> &'static str {
 /// arguments that make the chain land on it: none for the first one taken
 /// (the default must pick it), `--attach.disable=<every earlier link>` for
 /// the others. Prints the links it leaves out and why.
-pub fn links_to_test(probe: &str, chain: &[(Link, Result<(), String>)]) -> Vec<(Link, Vec<String>)> {
+pub fn links_to_test(
+    probe: &str,
+    chain: &[(Link, Result<(), String>)],
+) -> Vec<(Link, Vec<String>)> {
     let mut out = Vec::new();
     let mut earlier: Vec<&str> = Vec::new();
     for (link, ok) in chain {

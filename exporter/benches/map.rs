@@ -215,11 +215,53 @@ fn modes(n: u64, rounds: usize) {
     }
 }
 
+/// Before 6.6: the scrape cost of counting hash maps with the element
+/// iterator, per slot (max_entries) walked: 32 hash maps of 16,384 slots
+/// (524,288 slots), empty and then half full, scraped with
+/// `--bpf.map-count-budget=0` (nothing walked) and with the default budget
+/// (all walked).
+fn count_cost() {
+    if common::kernel::kernel().sum_elem_count {
+        println!("\n## element counting: not used on this kernel (bpf_map_sum_elem_count)");
+        return;
+    }
+    const MAPS: u32 = 32;
+    const SLOTS: u32 = 16_384;
+    let maps: Vec<_> = (0..MAPS)
+        .map(|i| create(HASH, &format!("ewcc{i}"), 4, 4, SLOTS, 0))
+        .collect();
+    let walked = f64::from(MAPS * SLOTS);
+    let cost = |label: &str| {
+        let off = Edgewatch::start(&["--probes", "map", "--bpf.map-count-budget=0"]);
+        let base = scrape_ms(&off, 10);
+        drop(off);
+        let on = Edgewatch::start(&["--probes", "map"]);
+        let walk = scrape_ms(&on, 10);
+        let m = on.scrape();
+        drop(on);
+        let exact = m.count("edgewatch_bpf_map_entries_exact", &[]);
+        println!(
+            "  {label}: scrape {base:.1} ms without walking, {walk:.1} ms walking {walked:.0} slots: {:.1} ns per slot ({exact} maps exact)",
+            (walk - base) * 1e6 / walked
+        );
+    };
+    println!("\n## element counting before 6.6 (median of 10 scrapes)");
+    cost("empty");
+    let v = [1u8; 4];
+    for m in &maps {
+        for k in 0..SLOTS / 2 {
+            assert_eq!(update(m, &k.to_ne_bytes(), &v, BPF_ANY), 0);
+        }
+    }
+    cost("half full");
+}
+
 fn main() {
     if !common::privileged() {
         return;
     }
     if std::env::args().any(|a| a == "--modes") {
+        count_cost();
         modes(
             common::bench_arg("--updates", 20_000),
             common::bench_arg("--rounds", 5),

@@ -320,7 +320,13 @@ fn sigterm_detaches_and_exits_zero() {
     }
     let _serial = serial();
     let mut ew = Edgewatch::start(&["--probes", "connect"]);
-    let id_before = prog_ids_named("ew_connect_ente");
+    // This edgewatch's own programs: other edgewatch processes may run on
+    // the same host meanwhile.
+    let ours = prog_ids_of(ew.pid());
+    let id_before: Vec<u32> = prog_ids_named("ew_connect_ente")
+        .into_iter()
+        .filter(|id| ours.contains(id))
+        .collect();
     assert!(!id_before.is_empty(), "program not loaded");
     assert_eq!(ew.signal_and_wait(libc::SIGTERM), Some(0));
     let remaining: Vec<_> = prog_ids_named("ew_connect_ente")
@@ -331,6 +337,20 @@ fn sigterm_detaches_and_exits_zero() {
         remaining.is_empty(),
         "programs still loaded after exit: {remaining:?}"
     );
+}
+
+/// Ids of the BPF programs process `pid` holds open (`prog_id` in the
+/// fdinfo of each of its fds).
+fn prog_ids_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
 }
 
 /// Ids of loaded BPF programs with this (kernel-truncated) name.

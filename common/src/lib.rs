@@ -98,7 +98,7 @@ pub const MAP_HASH_MAX: u32 = 256;
 
 /// `Retransmit::flags`: a SYN-ACK retransmit (tcp_retransmit_synack).
 pub const RTX_SYNACK: u8 = 1;
-/// `Retransmit::flags`: the tracepoint carried `err` (kernel 6.12+).
+/// `Retransmit::flags`: the tracepoint carried `err` (kernel 6.13+).
 pub const RTX_HAS_ERR: u8 = 2;
 
 pub const XDP_MAX_IFACES: u32 = 64;

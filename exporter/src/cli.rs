@@ -98,6 +98,10 @@ struct Cli {
     /// counted (true or false) [default: true].
     #[arg(long = "bpf.enable-stats", value_name = "BOOL")]
     enable_stats: Option<bool>,
+    /// Before kernel 6.6, hash-map slots (max_entries) walked per scrape to
+    /// count elements; maps past it are reported as not exact [default: 1048576].
+    #[arg(long = "bpf.map-count-budget", value_name = "SLOTS")]
+    map_count_budget: Option<u64>,
     /// Attach the XDP datapath to this interface (repeatable) [default: none].
     #[arg(long = "xdp.interface", value_name = "IFACE")]
     xdp_interfaces: Vec<String>,
@@ -282,6 +286,9 @@ impl Cli {
         }
         if let Some(v) = self.enable_stats {
             cfg.bpf.enable_stats = v;
+        }
+        if let Some(v) = self.map_count_budget {
+            cfg.bpf.map_count_budget = v;
         }
         if !self.xdp_interfaces.is_empty() {
             cfg.xdp.interfaces = self.xdp_interfaces.clone();

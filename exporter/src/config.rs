@@ -102,11 +102,20 @@ pub struct BpfConfig {
     /// Hold BPF_ENABLE_STATS so the kernel counts every program's runs and
     /// run time (edgewatch_bpf_prog_*).
     pub enable_stats: bool,
+    /// Before kernel 6.6 (no `bpf_map_sum_elem_count`), hash maps are
+    /// counted by walking them: at most this many slots (the sum of the
+    /// walked maps' max_entries) per scrape, smallest maps first. Maps past
+    /// it read `edgewatch_bpf_map_entries_exact 0` that scrape, with no
+    /// entries or pressure. 0 walks nothing. Unused on 6.6+.
+    pub map_count_budget: u64,
 }
 
 impl Default for BpfConfig {
     fn default() -> Self {
-        Self { enable_stats: true }
+        Self {
+            enable_stats: true,
+            map_count_budget: crate::scrape::elemcount::DEFAULT_BUDGET,
+        }
     }
 }
 
@@ -504,6 +513,7 @@ impl Config {
                 wakeup_bytes: self.ringbuf.wakeup_bytes,
                 flush_interval: Duration::from_millis(self.ringbuf.flush_interval_ms),
                 enable_stats: self.bpf.enable_stats,
+                map_count_budget: self.bpf.map_count_budget,
                 xdp_interfaces,
                 xdp_mode,
                 xdp_blocklist,
@@ -539,6 +549,8 @@ pub struct Settings {
     pub wakeup_bytes: u64,
     pub flush_interval: Duration,
     pub enable_stats: bool,
+    /// Slots walked per scrape to count hash maps before 6.6.
+    pub map_count_budget: u64,
     /// (name, ifindex)
     pub xdp_interfaces: Vec<(String, u32)>,
     pub xdp_mode: ModeChoice,

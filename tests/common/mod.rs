@@ -24,6 +24,7 @@ use std::{
 
 pub mod bpf;
 pub mod frames;
+pub mod kernel;
 pub mod otlp;
 
 pub const SKIP_VAR: &str = "EDGEWATCH_SKIP_PRIVILEGED_TESTS";

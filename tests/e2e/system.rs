@@ -35,7 +35,11 @@ fn mounts_tracefs_when_missing() {
     let (code, stdout, stderr) = check_without_tracefs("");
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stderr.contains("mounted tracefs"), "{stderr}");
-    assert!(stdout.contains("connect: attached (tp_btf)"), "{stdout}");
+    let mode = crate::common::kernel::kernel().connect_mode();
+    assert!(
+        stdout.contains(&format!("connect: attached ({mode})")),
+        "{stdout}"
+    );
 }
 
 #[test]

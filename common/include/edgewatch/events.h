@@ -66,7 +66,7 @@ struct ew_tcp_connect {
 
 /* ew_retransmit.flags */
 #define EW_RTX_SYNACK 1  /* tcp:tcp_retransmit_synack (always counted, 1 segment) */
-#define EW_RTX_HAS_ERR 2 /* the tracepoint carries err (6.12+): it also fires
+#define EW_RTX_HAS_ERR 2 /* the tracepoint carries err (6.13+): it also fires
                           * on early exits that never reach the counter */
 
 /* One tcp:tcp_retransmit_skb or tcp:tcp_retransmit_synack event. */

@@ -24,6 +24,12 @@
  * per-CPU element counter htab maintains), LPM tries through n_entries.
  * Cost grows with the number of maps, not with their entries.
  *
+ * Before 6.6 (no kfunc), hash-table types are counted by iter/bpf_map_elem
+ * (5.9+), one link per map, under a per-scrape budget user space enforces
+ * (exporter/src/scrape/elemcount.rs): the kernel walks the map's buckets and calls
+ * ew_map_elem_count once per element, which only counts; the final call
+ * (key == NULL) writes the count.
+ *
  * Compiled with every other probe file of src/probes/ into one object (build.rs).
  */
 
@@ -375,5 +381,36 @@ int ew_map_iter(struct bpf_iter__bpf_map *ctx)
 		break;
 	}
 	bpf_seq_write(seq, &out, sizeof(out));
+	return 0;
+}
+
+/*
+ * Element count of one map (the link's), for kernels without
+ * bpf_map_sum_elem_count. Counted here per iterator session (meta's
+ * session_id is unique per BPF_ITER_CREATE): meta->seq_num alone cannot
+ * tell an empty map from a map of one element at the final call.
+ * User space walks one map at a time (the inventory holds a lock), so one
+ * pair of globals is enough. Writes one __u64 at the final call.
+ */
+static __u64 ew_elem_session;
+static __u64 ew_elem_count;
+
+SEC("iter/bpf_map_elem")
+int ew_map_elem_count(struct bpf_iter__bpf_map_elem *ctx)
+{
+	struct bpf_iter_meta *meta = ctx->meta;
+	__u64 session = meta->session_id;
+	__u64 n;
+
+	if (ew_elem_session != session) {
+		ew_elem_session = session;
+		ew_elem_count = 0;
+	}
+	if (ctx->key) {
+		ew_elem_count++;
+		return 0;
+	}
+	n = ew_elem_count;
+	bpf_seq_write(meta->seq, &n, sizeof(n));
 	return 0;
 }

@@ -201,6 +201,9 @@ pub struct Agent {
     pub datapath: Option<Result<Datapath, XdpError>>,
     /// Whether the map inventory's iterator loaded (map probe only).
     pub iterator: Option<Result<(), String>>,
+    /// How hash maps are counted (map probe only): by the kfunc (None) or
+    /// by the element iterator within a budget.
+    pub elem_count: Option<Result<Option<u64>, String>>,
     /// The tracing object; dropping it detaches every probe.
     pub bpf: Arc<Mutex<Ebpf>>,
     _stats: Option<std::os::fd::OwnedFd>,
@@ -279,6 +282,8 @@ impl Agent {
                 .and_then(|d| d.as_mut().ok())
                 .and_then(|d| d.stats.take()),
             iterator: None,
+            map_count_budget: settings.map_count_budget,
+            elem_count: None,
         };
         let wiring = build_registry(
             settings,
@@ -293,6 +298,7 @@ impl Agent {
             ring,
             datapath,
             iterator: sources.iterator,
+            elem_count: sources.elem_count,
             bpf,
             _stats: stats,
         })
@@ -312,8 +318,9 @@ fn load(settings: &Settings) -> Result<Ebpf> {
     let btf = aya::Btf::from_sys_fs().ok();
     let kfunc = bpfobj::kernel_func_id(btf.as_ref(), bpfobj::SUM_ELEM_COUNT);
     if kfunc.is_none() {
-        tracing::warn!(
-            "this kernel has no {} (6.6+): hash-map entries and pressure are not exported",
+        tracing::info!(
+            budget = settings.map_count_budget,
+            "this kernel has no {} (6.6+): hash maps are counted by walking them, within bpf.map_count_budget slots per scrape",
             bpfobj::SUM_ELEM_COUNT
         );
     }

@@ -36,7 +36,21 @@ pub fn check(settings: &Settings) -> Result<ExitCode> {
         }
     }
     match &agent.iterator {
-        Some(Ok(())) => println!("map inventory: iterator loaded"),
+        Some(Ok(())) => {
+            println!("map inventory: iterator loaded");
+            match &agent.elem_count {
+                Some(Ok(None)) => {
+                    println!("map inventory: hash maps counted by bpf_map_sum_elem_count")
+                }
+                Some(Ok(Some(b))) => println!(
+                    "map inventory: hash maps counted by the element iterator (budget {b} slots per scrape)"
+                ),
+                Some(Err(e)) => {
+                    println!("map inventory: element iterator FAILED (no hash-map entries): {e}")
+                }
+                None => {}
+            }
+        }
         Some(Err(e)) => println!("map inventory: iterator FAILED (no entries/pressure): {e}"),
         None => {}
     }

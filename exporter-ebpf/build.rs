@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 /// Top-level compilation units: each becomes `$OUT_DIR/<name>.bpf.o`.
-const OBJECTS: &[&str] = &["edgewatch", "xdp", "baseline"];
+const OBJECTS: &[&str] = &["edgewatch", "xdp", "baseline", "bench"];
 
 const CLANG_CANDIDATES: &[&str] = &[
     "clang-19", "clang-18", "clang-17", "clang-16", "clang-15", "clang-14", "clang",
@@ -57,12 +57,20 @@ fn main() -> Result<()> {
         format!("-I{}", multiarch.display()),
     ];
 
-    for name in OBJECTS {
+    // The tracing object twice: as is, and for kernels without task
+    // storage (5.11), which cannot create its in-flight map (map.bpf.c).
+    let builds = OBJECTS.iter().map(|name| (*name, *name, None)).chain([(
+        "edgewatch",
+        "edgewatch_compat",
+        Some("-DEW_COMPAT"),
+    )]);
+    for (name, out_name, define) in builds {
         let input = src.join(format!("{name}.bpf.c"));
-        let output = out.join(format!("{name}.bpf.o"));
+        let output = out.join(format!("{out_name}.bpf.o"));
         let result = Command::new(&clang)
             .args(["-g", "-O2", "-Wall", "-Werror", "-target", "bpfel"])
             .arg(format!("-D__TARGET_ARCH_{}", arch.0))
+            .args(define)
             .args(&includes)
             .arg("-c")
             .arg(&input)

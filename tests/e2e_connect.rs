@@ -315,10 +315,10 @@ fn sigterm_detaches_and_exits_zero() {
     }
     let _serial = serial();
     let mut ew = Edgewatch::start(&["--probes", "connect"]);
-    let id_before = prog_ids_named("ew_connect_ente");
+    let id_before = prog_ids_named("ew_connect_ret");
     assert!(!id_before.is_empty(), "program not loaded");
     assert_eq!(ew.signal_and_wait(libc::SIGTERM), Some(0));
-    let remaining: Vec<_> = prog_ids_named("ew_connect_ente")
+    let remaining: Vec<_> = prog_ids_named("ew_connect_ret")
         .into_iter()
         .filter(|id| id_before.contains(id))
         .collect();

@@ -95,9 +95,10 @@ mod tests {
         ));
         let mut long = b.clone();
         long.extend([0; 8]);
+        let got = size_of::<ConnectCall>() + 8;
         assert!(matches!(
             record::<ConnectCall>(&long),
-            Err(DecodeError::Size { got: 56, .. })
+            Err(DecodeError::Size { got: g, .. }) if g == got
         ));
         // Right length, lying header.
         let mut lying = b;

@@ -327,7 +327,7 @@ impl MapAggregator {
         let map_type = if op.map_id == 0 {
             "unknown"
         } else {
-            map_type_name(op.map_type)
+            map_type_name(u32::from(op.map_type))
         };
         let comm = self.labels.comm.then(|| comm_label(&op.comm));
         let is_update = op.cmd == UPDATE_ELEM || op.cmd == UPDATE_BATCH;

@@ -3,7 +3,8 @@
 //! SYN_SENT (kernel 4.16+). BPF side: exporter-ebpf/src/connect.bpf.c.
 //!
 //! The syscall hooks are per-syscall tracepoints (they cost other syscalls
-//! nothing). The handshake hook is `tp_btf/inet_sock_set_state` where the
+//! nothing): `sys_exit_connect` alone on 5.15+, which reads the address
+//! from the caller's saved registers, else `sys_enter_connect` too. The handshake hook is `tp_btf/inet_sock_set_state` where the
 //! kernel has BTF-enabled raw tracepoints (5.5+), which skips building the
 //! classic tracepoint's record on every socket state change on the host;
 //! otherwise the classic `sock:inet_sock_set_state`. The attach mode
@@ -62,6 +63,7 @@ impl Probe for ConnectProbe {
 
     fn programs(&self) -> &'static [&'static str] {
         &[
+            "ew_connect_ret",
             "ew_connect_enter",
             "ew_connect_exit",
             "ew_sock_state_btf",
@@ -70,8 +72,17 @@ impl Probe for ConnectProbe {
     }
 
     fn attach(&mut self, bpf: &mut Ebpf) -> Result<AttachMode, ProbeError> {
-        attach_tracepoint(bpf, "ew_connect_enter", "syscalls", "sys_enter_connect")?;
-        attach_tracepoint(bpf, "ew_connect_exit", "syscalls", "sys_exit_connect")?;
+        // connect() from its exit alone where the kernel has bpf_task_pt_regs
+        // (5.15+); else the entry/exit pair with a hash between them.
+        if let Err(e) = attach_tracepoint(bpf, "ew_connect_ret", "syscalls", "sys_exit_connect") {
+            tracing::info!(
+                probe = "connect",
+                reason = %error_chain(&e),
+                "exit-only connect() program unavailable (kernel before 5.15?); using the entry/exit pair"
+            );
+            attach_tracepoint(bpf, "ew_connect_enter", "syscalls", "sys_enter_connect")?;
+            attach_tracepoint(bpf, "ew_connect_exit", "syscalls", "sys_exit_connect")?;
+        }
         if self.try_tp_btf {
             match attach_tp_btf(bpf, "ew_sock_state_btf", "inet_sock_set_state") {
                 Ok(()) => return Ok(AttachMode::TpBtf),

@@ -6,6 +6,11 @@
 //! 2. kprobe/kretprobe on `__sys_bpf` (CONFIG_KPROBES);
 //! 3. `syscalls:sys_enter_bpf`/`sys_exit_bpf` (always there).
 //!
+//! Each keeps the call in flight in task storage and resolves the fd with
+//! BTF-typed loads (5.11+); where the kernel refuses that, the tracepoints
+//! again with a hash and CO-RE reads (`ew_maph_*`), reported as mode
+//! `tracepoint` too.
+//!
 //! Each failure is recognised by what it is and logged with why: a kernel
 //! that refuses trampolines fails the load with EPERM and an empty verifier
 //! log; a kernel without kprobes has no kprobe PMU
@@ -149,6 +154,8 @@ impl Probe for MapProbe {
             "ew_map_kretprobe",
             "ew_map_tp_enter",
             "ew_map_tp_exit",
+            "ew_maph_enter",
+            "ew_maph_exit",
         ]
     }
 
@@ -184,8 +191,18 @@ impl Probe for MapProbe {
                 ),
             }
         }
-        attach_tracepoint(bpf, "ew_map_tp_enter", "syscalls", "sys_enter_bpf")?;
-        attach_tracepoint(bpf, "ew_map_tp_exit", "syscalls", "sys_exit_bpf")?;
+        let fast = attach_tracepoint(bpf, "ew_map_tp_enter", "syscalls", "sys_enter_bpf")
+            .and_then(|()| attach_tracepoint(bpf, "ew_map_tp_exit", "syscalls", "sys_exit_bpf"));
+        if let Err(e) = fast {
+            tracing::info!(
+                probe = "map",
+                reason = %super::error_chain(&e),
+                "task-storage tracepoint programs unavailable (kernel before 5.11?); using the hash fallback"
+            );
+            super::detach(bpf, &["ew_map_tp_enter", "ew_map_tp_exit"]);
+            attach_tracepoint(bpf, "ew_maph_enter", "syscalls", "sys_enter_bpf")?;
+            attach_tracepoint(bpf, "ew_maph_exit", "syscalls", "sys_exit_bpf")?;
+        }
         Ok(AttachMode::Tracepoint)
     }
 

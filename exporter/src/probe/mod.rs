@@ -161,6 +161,18 @@ pub fn attach_tp_btf(
     Ok(())
 }
 
+/// Unloads (and so detaches) the tracepoint programs named, where loaded:
+/// what a fallback does with the half of a pair that attached before the
+/// other failed.
+pub fn detach(bpf: &mut Ebpf, programs: &[&'static str]) {
+    for name in programs {
+        let prog: Option<&mut TracePoint> = bpf.program_mut(name).and_then(|p| p.try_into().ok());
+        if let Some(p) = prog {
+            let _ = p.unload();
+        }
+    }
+}
+
 /// Loads program `program` as a tracepoint program and attaches it to
 /// `category:name`.
 pub fn attach_tracepoint(

@@ -58,7 +58,9 @@ fn exact_map_update_counts_entries_and_program_runs() {
         return;
     }
     let _serial = serial();
-    let ew = Edgewatch::start(&["--probes", "map"]);
+    // Program statistics are off by default (a tax on every program):
+    // asked for here, for the exact run counts below.
+    let ew = Edgewatch::start(&["--probes", "map", "--bpf.enable-stats=true"]);
     let tag = std::process::id() % 100_000;
     let name = |kind: &str| format!("ew{kind}{tag}");
     let cpus = possible_cpus();

@@ -106,13 +106,21 @@ impl Default for XdpConfig {
 #[serde(default)]
 pub struct BpfConfig {
     /// Hold BPF_ENABLE_STATS so the kernel counts every program's runs and
-    /// run time (edgewatch_bpf_prog_*).
+    /// run time (edgewatch_bpf_prog_*); see bpfstats.rs.
     pub enable_stats: bool,
+    /// With enable_stats: hold it only this long out of every
+    /// stats_interval_ms (0: all the time).
+    pub stats_window_ms: u64,
+    pub stats_interval_ms: u64,
 }
 
 impl Default for BpfConfig {
     fn default() -> Self {
-        Self { enable_stats: true }
+        Self {
+            enable_stats: false,
+            stats_window_ms: 0,
+            stats_interval_ms: 10_000,
+        }
     }
 }
 
@@ -448,6 +456,16 @@ impl Config {
             ));
         }
 
+        let bpf_stats = crate::bpfstats::StatsMode::new(
+            self.bpf.enable_stats,
+            self.bpf.stats_window_ms,
+            self.bpf.stats_interval_ms,
+        )
+        .unwrap_or_else(|e| {
+            errors.push(e);
+            crate::bpfstats::StatsMode::Off
+        });
+
         match listen {
             Some(listen) if errors.is_empty() => Ok(Settings {
                 listen,
@@ -460,7 +478,7 @@ impl Config {
                 ringbuf_size: size as u32,
                 wakeup_bytes: self.ringbuf.wakeup_bytes,
                 flush_interval: Duration::from_millis(self.ringbuf.flush_interval_ms),
-                enable_stats: self.bpf.enable_stats,
+                bpf_stats,
                 xdp_interfaces,
                 xdp_mode,
                 xdp_blocklist,
@@ -496,7 +514,7 @@ pub struct Settings {
     pub ringbuf_size: u32,
     pub wakeup_bytes: u64,
     pub flush_interval: Duration,
-    pub enable_stats: bool,
+    pub bpf_stats: crate::bpfstats::StatsMode,
     /// (name, ifindex)
     pub xdp_interfaces: Vec<(String, u32)>,
     pub xdp_mode: crate::xdp::ModeChoice,

@@ -11,7 +11,7 @@
 //!
 //! Program statistics are the kernel's own (`run_cnt`, `run_time_ns`),
 //! which it keeps only while someone holds BPF_ENABLE_STATS; edgewatch
-//! holds it for its lifetime unless `bpf.enable_stats` is false.
+//! holds it only when asked (`bpf.enable_stats`, see bpfstats.rs).
 //!
 //! Worst-case series: 4 per map and 2 per program on the host.
 

@@ -2,6 +2,7 @@
 
 mod aggregate;
 mod bpfobj;
+mod bpfstats;
 mod config;
 mod decode;
 mod errno;
@@ -14,6 +15,7 @@ mod probe;
 mod system;
 mod telemetry;
 mod xdp;
+mod xdpgate;
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -81,9 +83,16 @@ struct Cli {
     #[arg(long = "ringbuf.flush-interval-ms", value_name = "MS")]
     flush_interval_ms: Option<u64>,
     /// Hold BPF_ENABLE_STATS so every program's runs and run time are
-    /// counted (true or false) [default: true].
+    /// counted (true or false) [default: false].
     #[arg(long = "bpf.enable-stats", value_name = "BOOL")]
     enable_stats: Option<bool>,
+    /// With stats on: hold them only this long out of every
+    /// --bpf.stats-interval-ms; 0 holds them all the time [default: 0].
+    #[arg(long = "bpf.stats-window-ms", value_name = "MS")]
+    stats_window_ms: Option<u64>,
+    /// Period of the stats window [default: 10000].
+    #[arg(long = "bpf.stats-interval-ms", value_name = "MS")]
+    stats_interval_ms: Option<u64>,
     /// Attach the XDP datapath to this interface (repeatable) [default: none].
     #[arg(long = "xdp.interface", value_name = "IFACE")]
     xdp_interfaces: Vec<String>,
@@ -148,6 +157,12 @@ impl Cli {
         }
         if let Some(v) = self.enable_stats {
             cfg.bpf.enable_stats = v;
+        }
+        if let Some(v) = self.stats_window_ms {
+            cfg.bpf.stats_window_ms = v;
+        }
+        if let Some(v) = self.stats_interval_ms {
+            cfg.bpf.stats_interval_ms = v;
         }
         if !self.xdp_interfaces.is_empty() {
             cfg.xdp.interfaces = self.xdp_interfaces.clone();
@@ -225,11 +240,21 @@ fn load(settings: &Settings) -> Result<Ebpf> {
             bpfobj::SUM_ELEM_COUNT
         );
     }
-    let (object, _) = bpfobj::patch_kfunc(edgewatch_ebpf::edgewatch(), kfunc);
-    EbpfLoader::new()
-        .map_max_entries("ew_events", settings.ringbuf_size)
-        .override_global("ew_wakeup_bytes", &settings.wakeup_bytes, true)
-        .load(&object)
+    let load = |object: &[u8]| {
+        let (object, _) = bpfobj::patch_kfunc(object, kfunc);
+        EbpfLoader::new()
+            .map_max_entries("ew_events", settings.ringbuf_size)
+            .override_global("ew_wakeup_bytes", &settings.wakeup_bytes, true)
+            // ew_map_task is a task-storage map, which aya 0.14 has no type for.
+            .allow_unsupported_maps()
+            .load(&object)
+    };
+    load(edgewatch_ebpf::edgewatch())
+        .or_else(|e| {
+            // Kernels before 5.11 cannot create task storage.
+            tracing::info!(error = %e, "loading the BPF object failed; trying its compat build");
+            load(edgewatch_ebpf::edgewatch_compat())
+        })
         .context("loading the BPF object")
 }
 
@@ -374,19 +399,6 @@ async fn run(settings: Settings) -> Result<ExitCode> {
     let ring = RingBuf::try_from(bpf.take_map("ew_events").context("map ew_events missing")?)
         .context("opening the ring buffer")?;
 
-    // Program statistics for the inventory: fd-scoped, the sysctl stays
-    // untouched, and the kernel stops counting when edgewatch exits.
-    let _stats = if settings.enable_stats {
-        match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                tracing::warn!(error = %e, "BPF_ENABLE_STATS failed: program run counts will not move");
-                None
-            }
-        }
-    } else {
-        None
-    };
     let iterator = match load_inventory(&settings, &mut bpf) {
         Some(Ok(())) => true,
         Some(Err(e)) => {
@@ -426,6 +438,12 @@ async fn run(settings: Settings) -> Result<ExitCode> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let consumer = tokio::spawn(pipeline.run(stop_rx.clone()));
+    let stats = bpfstats::spawn(
+        settings.bpf_stats,
+        bpfstats::KernelStats,
+        &mut registry,
+        stop_rx.clone(),
+    );
 
     let export_errors = export::otlp::register_errors(&mut registry);
     let registry = Arc::new(registry);
@@ -483,6 +501,7 @@ async fn run(settings: Settings) -> Result<ExitCode> {
         let _ = otlp.await;
     }
     let _ = consumer.await;
+    let _ = stats.await;
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server stopped with an error"),

@@ -310,6 +310,7 @@ pub struct Blocklist {
     path: PathBuf,
     v4: LpmTrie<MapData, [u8; 4], u8>,
     v6: LpmTrie<MapData, [u8; 16], u8>,
+    gate: crate::xdpgate::GateMaps,
     current: BTreeSet<IpNet>,
     entries: Family<FamilyLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
@@ -348,17 +349,28 @@ impl Blocklist {
     fn apply(&mut self, wanted: &BTreeSet<IpNet>) -> Result<(usize, usize), String> {
         let remove: Vec<IpNet> = self.current.difference(wanted).copied().collect();
         let add: Vec<IpNet> = wanted.difference(&self.current).copied().collect();
-        for net in &remove {
+        let tries = self.apply_tries(&remove, &add);
+        // The pre-filter follows what the tries hold, also after an error.
+        let gate = self
+            .gate
+            .sync(&self.current)
+            .map_err(|e| format!("writing the blocklist pre-filter: {e}"));
+        self.update_gauges();
+        tries.and(gate)?;
+        Ok((add.len(), remove.len()))
+    }
+
+    fn apply_tries(&mut self, remove: &[IpNet], add: &[IpNet]) -> Result<(), String> {
+        for net in remove {
             self.remove(net)
                 .map_err(|e| format!("removing {net}: {e}"))?;
             self.current.remove(net);
         }
-        for net in &add {
+        for net in add {
             self.insert(net).map_err(|e| format!("adding {net}: {e}"))?;
             self.current.insert(*net);
         }
-        self.update_gauges();
-        Ok((add.len(), remove.len()))
+        Ok(())
     }
 
     fn update_gauges(&self) {
@@ -437,7 +449,20 @@ pub fn start(
             edgewatch_common::XDP_MAX_IFACES,
         ));
     }
-    let mut bpf = Ebpf::load(edgewatch_ebpf::xdp())?;
+    // Without a blocklist nothing can be blocked: the program skips the
+    // pre-filter and the tries, and the pre-filter's 4 MiB are not allocated.
+    let blocklist_mode = if blocklist.is_some() {
+        edgewatch_common::BLOCKLIST_GATE
+    } else {
+        edgewatch_common::BLOCKLIST_OFF
+    };
+    let mut loader = aya::EbpfLoader::new();
+    loader.override_global("ew_blocklist_mode", &blocklist_mode, true);
+    if blocklist.is_none() {
+        loader.map_max_entries("ew_gate_v4", 1);
+        loader.map_max_entries("ew_gate_v6", 1);
+    }
+    let mut bpf = loader.load(edgewatch_ebpf::xdp())?;
     let metrics = XdpMetrics::register(registry);
     let attached = metrics.attached.clone();
 
@@ -448,6 +473,10 @@ pub fn start(
             .insert(ifindex, slot as u32, 0)
             .map_err(|e| XdpError::Map("ew_xdp_ifslot", e))?;
     }
+    crate::xdpgate::fill_ifcache(&mut bpf, interfaces)
+        .map_err(|(name, e)| XdpError::Map(name, e))?;
+    let gate =
+        crate::xdpgate::GateMaps::take(&mut bpf).map_err(|(name, e)| XdpError::Map(name, e))?;
     let stats: PerCpuArray<MapData, [u64; 2]> =
         take(&mut bpf, "ew_xdp_stats", PerCpuArray::try_from)?;
     let v4 = take(&mut bpf, "ew_block_v4", LpmTrie::try_from)?;
@@ -517,6 +546,7 @@ pub fn start(
         path: PathBuf::new(),
         v4,
         v6,
+        gate,
         current: BTreeSet::new(),
         entries: metrics.entries.clone(),
         reloads: metrics.reloads.clone(),

@@ -22,7 +22,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod bench;
 pub mod bpf;
+pub mod emitter;
 pub mod frames;
 
 pub const SKIP_VAR: &str = "EDGEWATCH_SKIP_PRIVILEGED_TESTS";
@@ -196,6 +198,12 @@ pub fn binary() -> &'static str {
 impl Edgewatch {
     pub fn start(args: &[&str]) -> Self {
         Self::spawn(None, args)
+    }
+
+    /// Runs another edgewatch binary (e.g. an older build, for a
+    /// before/after benchmark).
+    pub fn start_binary(binary: &str, args: &[&str]) -> Self {
+        Self::spawn_cmd(None, vec![binary.to_string()], args)
     }
 
     /// Runs edgewatch inside `ns` (`ip netns exec`), e.g. to attach XDP to

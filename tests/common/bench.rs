@@ -134,10 +134,10 @@ pub fn prog_ids_of(pid: u32) -> Vec<u32> {
     for e in dir.flatten() {
         if let Ok(text) = std::fs::read_to_string(e.path()) {
             for l in text.lines() {
-                if let Some(v) = l.strip_prefix("prog_id:") {
-                    if let Ok(id) = v.trim().parse() {
-                        ids.push(id);
-                    }
+                if let Some(v) = l.strip_prefix("prog_id:")
+                    && let Ok(id) = v.trim().parse()
+                {
+                    ids.push(id);
                 }
             }
         }

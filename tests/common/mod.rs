@@ -206,6 +206,12 @@ impl Edgewatch {
         Self::spawn_cmd(None, vec![binary.to_string()], args)
     }
 
+    /// [`Edgewatch::start_binary`] inside `ns`.
+    pub fn start_binary_in(ns: &Netns, binary: &str, args: &[&str]) -> Self {
+        let prefix = ["ip", "netns", "exec", &ns.name, binary].map(String::from);
+        Self::spawn_cmd(Some(ns.name.clone()), prefix.to_vec(), args)
+    }
+
     /// Runs edgewatch inside `ns` (`ip netns exec`), e.g. to attach XDP to
     /// an interface local to it.
     pub fn start_in(ns: &Netns, args: &[&str]) -> Self {

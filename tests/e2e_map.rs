@@ -245,6 +245,65 @@ fn exact_map_update_counts_entries_and_program_runs() {
     common::promtool_check(&m.text);
 }
 
+/// The path of kernels before 5.11 (in-flight hash, CO-RE reads), taken
+/// here with `--attach.disable=task_btf`: the same exact counts, by map,
+/// result and type, single and batch.
+#[test]
+fn the_old_kernel_path_counts_exactly() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    let ew = Edgewatch::start(&["--probes", "map", "--attach.disable=task_btf"]);
+    let tag = std::process::id() % 100_000;
+    let hash = create(HASH, &format!("ewoh{tag}"), 4, 4, 64, 0);
+    let arr = create(ARRAY, &format!("ewoa{tag}"), 4, 4, 8, 0);
+    let v = [1u8; 4];
+    for i in 0..N {
+        assert_eq!(update(&hash, &key(i), &v, BPF_ANY), 0);
+        assert_eq!(update(&arr, &key(i % 8), &v, BPF_ANY), 0);
+    }
+    for i in 0..E {
+        assert_eq!(
+            update(&hash, &key(i), &v, BPF_NOEXIST),
+            -i64::from(libc::EEXIST)
+        );
+    }
+    for i in 0..D {
+        assert_eq!(delete(&arr, &key(i)), -i64::from(libc::EINVAL));
+    }
+    let keys: Vec<u8> = (0..B).flat_map(|i| key(500 + i)).collect();
+    let values = vec![2u8; 4 * B as usize];
+    assert_eq!(update_batch(&hash, &keys, &values, B), (0, B));
+    let upd = "edgewatch_bpf_map_updates_total";
+    let want = |m: &Metrics| ops(m, upd, &hash.name, "ok") == u64::from(N + B);
+    let m = poll(Duration::from_secs(10), || Some(ew.scrape()).filter(want))
+        .unwrap_or_else(|| ew.scrape());
+    assert_eq!(
+        ops(&m, upd, &hash.name, "ok"),
+        u64::from(N + B),
+        "{}",
+        m.text
+    );
+    assert_eq!(ops(&m, upd, &hash.name, "eexist"), u64::from(E));
+    assert_eq!(ops(&m, upd, &arr.name, "ok"), u64::from(N));
+    assert_eq!(
+        ops(&m, "edgewatch_bpf_map_deletes_total", &arr.name, "einval"),
+        u64::from(D)
+    );
+    assert!(m.has(upd, &[("map_name", &hash.name), ("map_type", "hash")]));
+    assert!(m.has(upd, &[("map_name", &arr.name), ("map_type", "array")]));
+    assert_eq!(
+        m.count(
+            "edgewatch_probe_attached",
+            &[("probe", "map"), ("mode", "tracepoint")]
+        ),
+        1
+    );
+    let log = ew.log.lock().unwrap().join("\n");
+    assert!(log.contains("hash fallback"), "{log}");
+}
+
 /// At full speed (one thread issuing map updates back to back, several
 /// hundred thousand per second here), the default ring buffer loses
 /// nothing and every update is counted exactly.

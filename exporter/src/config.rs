@@ -46,13 +46,16 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct AttachConfig {
-    /// Attach modes not to try (tp_btf, fentry, kprobe): a probe then
-    /// falls back to the next hook in its chain, tracepoints last.
+    /// Attach modes not to try (tp_btf, fentry, kprobe, task_btf): a probe
+    /// then falls back to the next hook in its chain, tracepoints last.
+    /// task_btf: the programs that need bpf_get_current_task_btf, task
+    /// storage or bpf_task_pt_regs (5.11+/5.15+), i.e. the paths older
+    /// kernels take.
     pub disable: Vec<String>,
 }
 
 /// Attach modes that `attach.disable` accepts.
-pub const DISABLEABLE_MODES: &[&str] = &["tp_btf", "fentry", "kprobe"];
+pub const DISABLEABLE_MODES: &[&str] = &["tp_btf", "fentry", "kprobe", "task_btf"];
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]

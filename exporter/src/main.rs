@@ -112,7 +112,7 @@ struct Cli {
     /// Also push spans (TCP handshakes, map update/delete calls) over OTLP.
     #[arg(long = "otlp.traces")]
     otlp_traces: bool,
-    /// Comma list of attach modes not to try: tp_btf, fentry, kprobe
+    /// Comma list of attach modes not to try: tp_btf, fentry, kprobe, task_btf
     /// (probes fall back down their chain, tracepoints last).
     #[arg(long = "attach.disable", value_name = "LIST")]
     attach_disable: Option<String>,

@@ -25,6 +25,7 @@ use crate::{
 pub struct ConnectProbe {
     agg: ConnectAggregator,
     try_tp_btf: bool,
+    try_task_btf: bool,
 }
 
 impl ConnectProbe {
@@ -44,6 +45,7 @@ impl ConnectProbe {
                 telemetry.spans.clone(),
             ),
             try_tp_btf: settings.mode_allowed("tp_btf"),
+            try_task_btf: settings.mode_allowed("task_btf"),
         }
     }
 }
@@ -74,7 +76,14 @@ impl Probe for ConnectProbe {
     fn attach(&mut self, bpf: &mut Ebpf) -> Result<AttachMode, ProbeError> {
         // connect() from its exit alone where the kernel has bpf_task_pt_regs
         // (5.15+); else the entry/exit pair with a hash between them.
-        if let Err(e) = attach_tracepoint(bpf, "ew_connect_ret", "syscalls", "sys_exit_connect") {
+        let exit_only = if self.try_task_btf {
+            attach_tracepoint(bpf, "ew_connect_ret", "syscalls", "sys_exit_connect")
+        } else {
+            Err(ProbeError::MissingProgram(
+                "ew_connect_ret (task_btf disabled by attach.disable)",
+            ))
+        };
+        if let Err(e) = exit_only {
             tracing::info!(
                 probe = "connect",
                 reason = %error_chain(&e),

@@ -37,6 +37,7 @@ pub struct MapProbe {
     agg: MapAggregator,
     try_fentry: bool,
     try_kprobe: bool,
+    try_task_btf: bool,
 }
 
 impl MapProbe {
@@ -57,6 +58,7 @@ impl MapProbe {
             ),
             try_fentry: settings.mode_allowed("fentry"),
             try_kprobe: settings.mode_allowed("kprobe"),
+            try_task_btf: settings.mode_allowed("task_btf"),
         }
     }
 }
@@ -160,6 +162,16 @@ impl Probe for MapProbe {
     }
 
     fn attach(&mut self, bpf: &mut Ebpf) -> Result<AttachMode, ProbeError> {
+        if !self.try_task_btf {
+            // The fentry and kprobe programs use task storage too.
+            tracing::info!(
+                probe = "map",
+                "task_btf disabled by attach.disable: hash fallback on the tracepoints"
+            );
+            attach_tracepoint(bpf, "ew_maph_enter", "syscalls", "sys_enter_bpf")?;
+            attach_tracepoint(bpf, "ew_maph_exit", "syscalls", "sys_exit_bpf")?;
+            return Ok(AttachMode::Tracepoint);
+        }
         if !self.try_fentry {
             tracing::info!(probe = "map", "fentry disabled by attach.disable");
         } else {

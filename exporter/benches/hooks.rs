@@ -220,18 +220,36 @@ fn main() {
         println!();
     }
 
-    println!("\n## per program (BPF_ENABLE_STATS held for this part only)");
-    for (label, binary) in [("edgewatch", None), ("before", before.as_deref())]
-        .into_iter()
-        .filter(|(l, b)| *l == "edgewatch" || b.is_some())
-    {
-        let ew = match binary {
-            Some(b) => {
-                Edgewatch::start_binary(b, &[ew_args[0], ew_args[1], "--bpf.enable-stats=false"])
+    println!("\n## per program (BPF_ENABLE_STATS held for this part only)\n");
+    // Whose programs: edgewatch's (by the fds its process holds), the
+    // floor's (this process's ew_empty_*), bpftrace's (its process's).
+    let me = std::process::id();
+    let mut subjects: Vec<&str> = vec!["floor", "bpftrace", "edgewatch"];
+    if before.is_some() {
+        subjects.push("before");
+    }
+    for label in subjects {
+        let _floor;
+        let _bt;
+        let _ew;
+        let ids = match label {
+            "floor" => {
+                _floor = floor();
+                prog_ids_of(me)
             }
-            None => Edgewatch::start(&ew_args),
+            "bpftrace" => {
+                _bt = Bpftrace::start(BPFTRACE, 5);
+                prog_ids_of(_bt.pid())
+            }
+            "edgewatch" => {
+                _ew = Edgewatch::start(&ew_args);
+                prog_ids_of(_ew.pid())
+            }
+            _ => {
+                _ew = Edgewatch::start_binary(before.as_deref().unwrap(), &ew_args);
+                prog_ids_of(_ew.pid())
+            }
         };
-        let ids = prog_ids_of(ew.pid());
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
         let s0 = prog_stats(&ids);
         map_loop(&map, updates);
@@ -242,7 +260,12 @@ fn main() {
             ("map update", &s0, &s1, updates),
             ("connect", &s1, &s2, connects),
         ] {
-            let d = prog_delta(a, b);
+            // Programs that ran at least once per event (a stray run of
+            // the other loop's programs, from other processes, is left out).
+            let d: Vec<_> = prog_delta(a, b)
+                .into_iter()
+                .filter(|(_, _, runs)| *runs >= n)
+                .collect();
             let total: f64 = d.iter().map(|(_, ns, runs)| ns * *runs as f64).sum();
             let parts: Vec<String> = d
                 .iter()
@@ -251,7 +274,7 @@ fn main() {
                 })
                 .collect();
             println!(
-                "{label}, {what}: {:.0} ns per event in programs ({})",
+                "- {label}, {what}: {:.0} ns per event in programs ({})",
                 total / n as f64,
                 parts.join(", ")
             );

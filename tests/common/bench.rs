@@ -108,6 +108,12 @@ impl Bpftrace {
     }
 }
 
+impl Bpftrace {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 impl Drop for Bpftrace {
     fn drop(&mut self) {
         // SIGINT lets bpftrace detach and print its maps; then make sure.

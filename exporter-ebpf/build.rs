@@ -20,6 +20,10 @@ use anyhow::{Context, Result, bail};
 const PROBES_DIR: &str = "probes";
 /// The object the probes are compiled into.
 const PROBES_OBJECT: &str = "edgewatch";
+/// The probes' object again for kernels without task storage (before
+/// 5.11), which cannot create its in-flight map (map.bpf.c): built with
+/// `-DEW_COMPAT`.
+const PROBES_COMPAT_OBJECT: &str = "edgewatch_compat";
 
 const CLANG_CANDIDATES: &[&str] = &[
     "clang-19", "clang-18", "clang-17", "clang-16", "clang-15", "clang-14", "clang",
@@ -61,17 +65,25 @@ fn main() -> Result<()> {
         format!("-I{}", multiarch.display()),
     ];
 
-    // Every other top-level `src/*.bpf.c` is an object of its own.
-    let mut units: Vec<(String, PathBuf)> = c_files(&src)?
+    // Every other top-level `src/*.bpf.c` is an object of its own; the
+    // probes' unit is built twice, as is and with EW_COMPAT.
+    let probes = probes_unit(&src, &out)?;
+    let mut units: Vec<(String, PathBuf, Option<&str>)> = c_files(&src)?
         .into_iter()
-        .map(|p| (unit_name(&p), p))
+        .map(|p| (unit_name(&p), p, None))
         .collect();
-    units.push((PROBES_OBJECT.to_string(), probes_unit(&src, &out)?));
-    for (name, input) in &units {
+    units.push((PROBES_OBJECT.to_string(), probes.clone(), None));
+    units.push((
+        PROBES_COMPAT_OBJECT.to_string(),
+        probes,
+        Some("-DEW_COMPAT"),
+    ));
+    for (name, input, define) in &units {
         let output = out.join(format!("{name}.bpf.o"));
         let result = Command::new(&clang)
             .args(["-g", "-O2", "-Wall", "-Werror", "-target", "bpfel"])
             .arg(format!("-D__TARGET_ARCH_{}", arch.0))
+            .args(define)
             .args(&includes)
             .arg("-c")
             .arg(input)

@@ -81,6 +81,8 @@ pub const KIND_BPF_CHANGE: u16 = 5;
 pub const PROBE_CONNECT: u32 = 0;
 pub const PROBE_RETRANSMIT: u32 = 1;
 pub const PROBE_MAP: u32 = 2;
+/// Lost-record slot of the benchmark emitter (never loaded by edgewatch).
+pub const PROBE_BENCH: u32 = 7;
 /// Size of the per-CPU `ew_lost` array.
 pub const PROBE_COUNT: u32 = 8;
 
@@ -109,6 +111,25 @@ pub const XDP_PROTO_UDP: u32 = 1;
 pub const XDP_PROTO_ICMP: u32 = 2;
 pub const XDP_PROTO_ICMPV6: u32 = 3;
 pub const XDP_PROTO_OTHER: u32 = 4;
+/// Entries of the inlined ifindex cache (`ifindex % XDP_IFCACHE`).
+pub const XDP_IFCACHE: u32 = 256;
+/// `ew_blocklist_mode`: no blocklist.
+pub const BLOCKLIST_OFF: u32 = 0;
+/// `ew_blocklist_mode`: the tries for every packet (the object's default).
+pub const BLOCKLIST_TRIE: u32 = 1;
+/// `ew_blocklist_mode`: the pre-filter first, the tries where it says.
+pub const BLOCKLIST_GATE: u32 = 2;
+/// Blocklist pre-filter: a prefix covers the whole block.
+pub const GATE_ALL: u64 = 1;
+/// Blocklist pre-filter: a longer prefix lies inside the block.
+pub const GATE_SOME: u64 = 2;
+pub const GATE_BLOCKS_PER_WORD: u32 = 32;
+/// Block size of the IPv4 gate: /24.
+pub const GATE_V4_BITS: u32 = 24;
+/// Block size of the IPv6 gate: /16.
+pub const GATE_V6_BITS: u32 = 16;
+pub const GATE_V4_WORDS: u32 = (1 << GATE_V4_BITS) / GATE_BLOCKS_PER_WORD;
+pub const GATE_V6_WORDS: u32 = (1 << GATE_V6_BITS) / GATE_BLOCKS_PER_WORD;
 
 /// Every `EW_*` constant of the header, for the layout test.
 pub const DEFINES: &[(&str, u64)] = &[
@@ -120,6 +141,7 @@ pub const DEFINES: &[(&str, u64)] = &[
     ("EW_PROBE_CONNECT", PROBE_CONNECT as u64),
     ("EW_PROBE_RETRANSMIT", PROBE_RETRANSMIT as u64),
     ("EW_PROBE_MAP", PROBE_MAP as u64),
+    ("EW_PROBE_BENCH", PROBE_BENCH as u64),
     ("EW_PROBE_COUNT", PROBE_COUNT as u64),
     ("EW_COMM_LEN", COMM_LEN as u64),
     ("EW_RTX_SYNACK", RTX_SYNACK as u64),
@@ -136,6 +158,17 @@ pub const DEFINES: &[(&str, u64)] = &[
     ("EW_XDP_PROTO_ICMP", XDP_PROTO_ICMP as u64),
     ("EW_XDP_PROTO_ICMPV6", XDP_PROTO_ICMPV6 as u64),
     ("EW_XDP_PROTO_OTHER", XDP_PROTO_OTHER as u64),
+    ("EW_XDP_IFCACHE", XDP_IFCACHE as u64),
+    ("EW_BLOCKLIST_OFF", BLOCKLIST_OFF as u64),
+    ("EW_BLOCKLIST_TRIE", BLOCKLIST_TRIE as u64),
+    ("EW_BLOCKLIST_GATE", BLOCKLIST_GATE as u64),
+    ("EW_GATE_ALL", GATE_ALL),
+    ("EW_GATE_SOME", GATE_SOME),
+    ("EW_GATE_BLOCKS_PER_WORD", GATE_BLOCKS_PER_WORD as u64),
+    ("EW_GATE_V4_BITS", GATE_V4_BITS as u64),
+    ("EW_GATE_V6_BITS", GATE_V6_BITS as u64),
+    ("EW_GATE_V4_WORDS", GATE_V4_WORDS as u64),
+    ("EW_GATE_V6_WORDS", GATE_V6_WORDS as u64),
     // scripts/new-probe adds a new probe's constants above this line.
 ];
 
@@ -156,6 +189,8 @@ wire_record! {
     /// One finished connect() syscall.
     "ew_connect_call" => pub struct ConnectCall {
         pub hdr: Header,
+        /// cgroup v2 id of the calling task.
+        pub cgroup_id: u64,
         pub tgid: u32,
         pub pid: u32,
         /// 0 or -errno.
@@ -171,6 +206,8 @@ wire_record! {
     "ew_tcp_connect" => pub struct TcpConnect {
         pub hdr: Header,
         pub duration_ns: u64,
+        /// cgroup v2 id of the task that entered SYN_SENT.
+        pub cgroup_id: u64,
         pub tgid: u32,
         /// `sk->sk_err` at the transition (positive errno); 0 when established.
         pub sk_err: i32,
@@ -190,6 +227,9 @@ wire_record! {
     /// One tcp:tcp_retransmit_skb or tcp:tcp_retransmit_synack event.
     "ew_retransmit" => pub struct Retransmit {
         pub hdr: Header,
+        /// cgroup v2 id of the retransmitting task in process context; 0 in
+        /// softirq.
+        pub cgroup_id: u64,
         /// Tracepoint `err` (0 without `RTX_HAS_ERR`).
         pub err: i32,
         /// `tcp_skb_pcount(skb)` at the tracepoint; 1 for a SYN-ACK.
@@ -214,9 +254,10 @@ wire_record! {
     "ew_map_op" => pub struct MapOp {
         pub hdr: Header,
         pub duration_ns: u64,
+        /// cgroup v2 id of the calling task.
+        pub cgroup_id: u64,
         /// 0 when the fd did not resolve to a map.
         pub map_id: u32,
-        pub map_type: u32,
         pub tgid: u32,
         /// Syscall return: 0 or -errno.
         pub ret: i32,
@@ -224,9 +265,12 @@ wire_record! {
         pub count: u32,
         /// Batch: `attr.batch.count` before the call; 1 otherwise.
         pub requested: u32,
+        /// `enum bpf_map_type`.
+        pub map_type: u16,
         pub cmd: u16,
         /// `MAP_KEY_HASHED` | `MAP_VALUE_HASHED`: which hashes are set.
         pub hashed: u16,
+        pub _pad: u16,
         pub _pad2: u32,
         pub map_name: [u8; 16],
         pub comm: [u8; COMM_LEN],

@@ -19,6 +19,18 @@ pub fn edgewatch() -> &'static [u8] {
     &EDGEWATCH.0
 }
 
+static EDGEWATCH_COMPAT: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/edgewatch_compat.bpf.o"
+)));
+
+/// The tracing object for kernels without task storage (before 5.11): the
+/// same programs, with a stand-in for the task-storage map so that the
+/// object loads; the map probe then runs on its hash fallback.
+pub fn edgewatch_compat() -> &'static [u8] {
+    &EDGEWATCH_COMPAT.0
+}
+
 static XDP: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/xdp.bpf.o")));
 
 /// The XDP datapath object: per-CPU counters and the prefix blocklist.
@@ -41,6 +53,14 @@ static MAPBENCH: &Aligned<[u8]> =
 /// run through BPF_PROG_TEST_RUN.
 pub fn mapbench() -> &'static [u8] {
     &MAPBENCH.0
+}
+
+static BENCH: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/bench.bpf.o")));
+
+/// The benchmark emitter: records into edgewatch's own ring buffer through
+/// BPF_PROG_TEST_RUN (see `src/bench.bpf.c`). Never loaded by edgewatch.
+pub fn bench() -> &'static [u8] {
+    &BENCH.0
 }
 
 /// Record layouts of `common/include/edgewatch/events.h` as clang lays them

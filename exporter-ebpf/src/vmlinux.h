@@ -117,8 +117,15 @@ struct request_sock {
 	struct sock_common __req_common;
 };
 
+/* include/net/sock.h: `owned` is 1 while a task holds the socket
+ * (lock_sock), including while release_sock() runs its backlog. */
+typedef struct {
+	int owned;
+} socket_lock_t;
+
 struct sock {
 	struct sock_common __sk_common;
+	socket_lock_t sk_lock;
 	int sk_err;
 	__u16 sk_protocol;
 };
@@ -136,7 +143,10 @@ struct path {
 	struct dentry *dentry;
 };
 
+struct file_operations;
+
 struct file {
+	const struct file_operations *f_op;
 	struct path f_path;
 	void *private_data;
 };

@@ -3,7 +3,8 @@
  * edgewatch's XDP datapath (kernel 5.9+ for attachment through a BPF link):
  * counts packets and bytes per (interface, action, L4 protocol) in a
  * per-CPU array (no atomics, no shared cache lines) and drops packets whose
- * source address matches the IPv4/IPv6 prefix blocklists (LPM tries).
+ * source address matches the IPv4/IPv6 prefix blocklists (LPM tries,
+ * behind an exact bitmap pre-filter: most packets never reach a trie).
  *
  * One program serves every interface it is attached to; ew_xdp_ifslot maps
  * an ifindex to its slot in the counters. User space sums the per-CPU
@@ -49,6 +50,53 @@ struct {
 	__type(value, __u32);
 } ew_xdp_ifslot SEC(".maps");
 
+/* The same, as an array indexed by ifindex % EW_XDP_IFCACHE that the
+ * verifier inlines (no hashing): an entry holds (ifindex, slot) and counts
+ * only when its ifindex is the packet's; the hash answers the rest. */
+struct ew_ifcache {
+	__u32 ifindex;
+	__u32 slot;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EW_XDP_IFCACHE);
+	__type(key, __u32);
+	__type(value, struct ew_ifcache);
+} ew_xdp_ifcache SEC(".maps");
+
+/*
+ * Blocklist pre-filter in front of the LPM tries: 2 bits per source block
+ * (IPv4 /24, IPv6 /16), 32 blocks a word. Bit 0 (EW_GATE_ALL): a blocklist
+ * prefix covers the whole block, so every address in it is blocked. Bit 1
+ * (EW_GATE_SOME): a longer prefix lies inside the block, so the trie
+ * decides. Neither: nothing in the block is blocked. User space writes the
+ * words from the same prefix set it writes into the tries (xdpgate.rs), so
+ * the gate is exact: it never drops what the tries would pass, nor passes
+ * what they would drop. One 8-byte word per update, so a packet sees a
+ * block's two bits from the same version of the list.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EW_GATE_V4_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} ew_gate_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EW_GATE_V6_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} ew_gate_v6 SEC(".maps");
+
+/* How the blocklist is consulted (EW_BLOCKLIST_*), set by the loader:
+ * edgewatch sets OFF without a blocklist (nothing can be blocked: a reload
+ * re-reads the same file) and GATE with one, since it writes the gate.
+ * The default, TRIE, asks the tries for every packet, as a loader that
+ * fills only the tries needs. */
+volatile const __u32 ew_blocklist_mode = EW_BLOCKLIST_TRIE;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 262144);
@@ -65,15 +113,38 @@ struct {
 	__type(value, __u8);
 } ew_block_v6 SEC(".maps");
 
+/* The gate's 2 bits for `block` (EW_GATE_*), or EW_GATE_SOME (ask the
+ * trie) if the word cannot be read. */
+static __always_inline __u32 ew_gate(void *gate, __u32 block)
+{
+	__u32 word = block / EW_GATE_BLOCKS_PER_WORD;
+	__u64 *w = bpf_map_lookup_elem(gate, &word);
+
+	if (!w)
+		return EW_GATE_SOME;
+	return (*w >> ((block % EW_GATE_BLOCKS_PER_WORD) * 2)) & 3;
+}
+
+static __always_inline __u32 ew_slot(__u32 ifindex)
+{
+	__u32 key = ifindex % EW_XDP_IFCACHE;
+	struct ew_ifcache *c = bpf_map_lookup_elem(&ew_xdp_ifcache, &key);
+	__u32 *slot;
+
+	if (c && c->ifindex == ifindex)
+		return c->slot;
+	slot = bpf_map_lookup_elem(&ew_xdp_ifslot, &ifindex);
+	return slot ? *slot : EW_XDP_MAX_IFACES;
+}
+
 static __always_inline int ew_count(struct xdp_md *ctx, int action, __u32 proto)
 {
-	__u32 ifindex = ctx->ingress_ifindex;
-	__u32 *slot = bpf_map_lookup_elem(&ew_xdp_ifslot, &ifindex);
+	__u32 slot = ew_slot(ctx->ingress_ifindex);
 	struct ew_xdp_counter *c;
 	__u32 idx;
 
-	if (slot && *slot < EW_XDP_MAX_IFACES) {
-		idx = (*slot * EW_XDP_ACTIONS + (__u32)action) * EW_XDP_PROTOS + proto;
+	if (slot < EW_XDP_MAX_IFACES) {
+		idx = (slot * EW_XDP_ACTIONS + (__u32)action) * EW_XDP_PROTOS + proto;
 		c = bpf_map_lookup_elem(&ew_xdp_stats, &idx);
 		if (c) {
 			c->packets += 1;
@@ -131,10 +202,20 @@ int ew_xdp(struct xdp_md *ctx)
 
 		if ((void *)(iph + 1) > data_end)
 			return ew_count(ctx, XDP_PASS, EW_XDP_PROTO_OTHER);
-		key.prefixlen = 32;
-		__builtin_memcpy(key.addr, &iph->saddr, 4);
-		if (bpf_map_lookup_elem(&ew_block_v4, &key))
-			return ew_count(ctx, XDP_DROP, ew_l4(iph->protocol));
+		if (ew_blocklist_mode != EW_BLOCKLIST_OFF) {
+			__u32 gate = EW_GATE_SOME;
+
+			if (ew_blocklist_mode == EW_BLOCKLIST_GATE)
+				gate = ew_gate(&ew_gate_v4, bpf_ntohl(iph->saddr) >> 8);
+			if (gate & EW_GATE_ALL)
+				return ew_count(ctx, XDP_DROP, ew_l4(iph->protocol));
+			if (gate & EW_GATE_SOME) {
+				key.prefixlen = 32;
+				__builtin_memcpy(key.addr, &iph->saddr, 4);
+				if (bpf_map_lookup_elem(&ew_block_v4, &key))
+					return ew_count(ctx, XDP_DROP, ew_l4(iph->protocol));
+			}
+		}
 		return ew_count(ctx, XDP_PASS, ew_l4(iph->protocol));
 	}
 	if (h_proto == bpf_htons(ETH_P_IPV6)) {
@@ -143,10 +224,20 @@ int ew_xdp(struct xdp_md *ctx)
 
 		if ((void *)(ip6 + 1) > data_end)
 			return ew_count(ctx, XDP_PASS, EW_XDP_PROTO_OTHER);
-		key.prefixlen = 128;
-		__builtin_memcpy(key.addr, &ip6->saddr, 16);
-		if (bpf_map_lookup_elem(&ew_block_v6, &key))
-			return ew_count(ctx, XDP_DROP, ew_l4(ip6->nexthdr));
+		if (ew_blocklist_mode != EW_BLOCKLIST_OFF) {
+			__u32 gate = EW_GATE_SOME;
+
+			if (ew_blocklist_mode == EW_BLOCKLIST_GATE)
+				gate = ew_gate(&ew_gate_v6, bpf_ntohs(ip6->saddr.in6_u.u6_addr16[0]));
+			if (gate & EW_GATE_ALL)
+				return ew_count(ctx, XDP_DROP, ew_l4(ip6->nexthdr));
+			if (gate & EW_GATE_SOME) {
+				key.prefixlen = 128;
+				__builtin_memcpy(key.addr, &ip6->saddr, 16);
+				if (bpf_map_lookup_elem(&ew_block_v6, &key))
+					return ew_count(ctx, XDP_DROP, ew_l4(ip6->nexthdr));
+			}
+		}
 		return ew_count(ctx, XDP_PASS, ew_l4(ip6->nexthdr));
 	}
 	return ew_count(ctx, XDP_PASS, EW_XDP_PROTO_OTHER);

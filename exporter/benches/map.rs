@@ -3,7 +3,8 @@
 //!
 //! 1. Added cost per BPF_MAP_UPDATE_ELEM syscall: nothing attached, then
 //!    edgewatch (`--probes map`), then a count-only bpftrace one-liner on
-//!    the same tracepoints, in rounds.
+//!    the same tracepoints, in rounds (exporter/benches/hooks.rs compares
+//!    both probes with bpftrace and the floor on all five hooks).
 //! 2. Scrape cost of the map inventory with 1,000 maps on the host, empty
 //!    and then holding 1,000 entries each (the cost must follow the number
 //!    of maps, not of entries), against a scrape with no extra maps.
@@ -23,11 +24,7 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::Instant,
-};
+use std::time::Instant;
 
 use common::{
     Edgewatch,
@@ -50,38 +47,14 @@ fn measure(map: &common::bpf::Map, n: u64) -> f64 {
     start.elapsed().as_nanos() as f64 / n as f64
 }
 
-struct Bpftrace(std::process::Child);
-
-impl Drop for Bpftrace {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The count-only bpftrace one-liner, started and attached.
-fn bpftrace() -> Bpftrace {
-    let mut child = Command::new("bpftrace")
-        .args([
-            "-e",
-            "tracepoint:syscalls:sys_enter_bpf /args->cmd == 2/ { @[comm] = count(); } \
-             tracepoint:syscalls:sys_exit_bpf { @x[comm] = count(); }",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("bpftrace (Debian package bpftrace)");
-    let out = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(out).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.starts_with("Attaching") => break,
-            Some(_) => {}
-            None => panic!("bpftrace exited"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Bpftrace(child)
+/// The count-only bpftrace one-liner, started and really attached (both
+/// tracepoints listed by `bpftool perf show` for its pid).
+fn bpftrace() -> common::bench::Bpftrace {
+    common::bench::Bpftrace::start(
+        "tracepoint:syscalls:sys_enter_bpf /args->cmd == 2/ { @[comm] = count(); } \
+         tracepoint:syscalls:sys_exit_bpf { @x[comm] = count(); }",
+        2,
+    )
 }
 
 /// (run time ns, runs) of edgewatch's map tracepoint programs.
@@ -278,12 +251,12 @@ fn main() {
     let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
         let none = measure(&map, n);
-        let ew = Edgewatch::start(&["--probes", "map", "--bpf.enable-stats=false"]);
+        let ew = Edgewatch::start(&["--probes", "map"]);
         let with_ew = measure(&map, n);
         drop(ew);
-        // Default configuration: BPF_ENABLE_STATS held, so every program
-        // run on the host (edgewatch's two here) also reads the clock twice.
-        let ew = Edgewatch::start(&["--probes", "map"]);
+        // BPF_ENABLE_STATS held (off by default): every program run on the
+        // host (edgewatch's two here) also reads the clock twice.
+        let ew = Edgewatch::start(&["--probes", "map", "--bpf.enable-stats=true"]);
         let with_stats = measure(&map, n);
         drop(ew);
         let bt = bpftrace();
@@ -314,7 +287,7 @@ fn main() {
     println!("\n## the probe programs' own run time (BPF_ENABLE_STATS held for this part only)");
     {
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
-        let ew = Edgewatch::start(&["--probes", "map", "--bpf.enable-stats=false"]);
+        let ew = Edgewatch::start(&["--probes", "map"]);
         let before = prog_stats();
         measure(&map, n);
         let after = prog_stats();

@@ -87,7 +87,8 @@ struct Cli {
         allow_negative_numbers = true
     )]
     wakeup_bytes: Option<u64>,
-    /// Backstop drain period in milliseconds [default: 100].
+    /// Backstop drain period in milliseconds while records flow; it doubles
+    /// while the ring stays empty, up to 64 times (10 s at most) [default: 100].
     #[arg(
         long = "ringbuf.flush-interval-ms",
         value_name = "MS",
@@ -95,9 +96,25 @@ struct Cli {
     )]
     flush_interval_ms: Option<u64>,
     /// Hold BPF_ENABLE_STATS so every program's runs and run time are
-    /// counted (true or false) [default: true].
+    /// counted (true or false); it costs every BPF program on the host
+    /// while held [default: false].
     #[arg(long = "bpf.enable-stats", value_name = "BOOL")]
     enable_stats: Option<bool>,
+    /// With stats on: hold them only this long out of every
+    /// --bpf.stats-interval-ms; 0 holds them all the time [default: 0].
+    #[arg(
+        long = "bpf.stats-window-ms",
+        value_name = "MS",
+        allow_negative_numbers = true
+    )]
+    stats_window_ms: Option<u64>,
+    /// Period of the stats window [default: 10000].
+    #[arg(
+        long = "bpf.stats-interval-ms",
+        value_name = "MS",
+        allow_negative_numbers = true
+    )]
+    stats_interval_ms: Option<u64>,
     /// Before kernel 6.6, hash-map slots (max_entries) walked per scrape to
     /// count elements; maps past it are reported as not exact [default: 1048576].
     #[arg(long = "bpf.map-count-budget", value_name = "SLOTS")]
@@ -179,7 +196,7 @@ struct Cli {
     /// (needs --otlp.traces).
     #[arg(long = "otlp.map-key-hashes")]
     otlp_map_key_hashes: bool,
-    /// Comma list of attach modes not to try: tp_btf, fentry, kprobe
+    /// Comma list of attach modes not to try: tp_btf, fentry, kprobe, task_btf
     /// (probes fall back down their chain, tracepoints last).
     #[arg(long = "attach.disable", value_name = "LIST")]
     attach_disable: Option<String>,
@@ -286,6 +303,12 @@ impl Cli {
         }
         if let Some(v) = self.enable_stats {
             cfg.bpf.enable_stats = v;
+        }
+        if let Some(v) = self.stats_window_ms {
+            cfg.bpf.stats_window_ms = v;
+        }
+        if let Some(v) = self.stats_interval_ms {
+            cfg.bpf.stats_interval_ms = v;
         }
         if let Some(v) = self.map_count_budget {
             cfg.bpf.map_count_budget = v;

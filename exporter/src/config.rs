@@ -24,7 +24,7 @@ pub use otlp::{OtlpConfig, OtlpTlsConfig};
 use crate::{
     datapath::{self, ModeChoice},
     export::otlp::settings::OtlpSettings,
-    probe::{self, AttachMode},
+    probe::{self, Disable},
     vocab::labels::OptInLabels,
 };
 
@@ -70,8 +70,11 @@ impl Default for CapabilitiesConfig {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct AttachConfig {
-    /// Attach modes not to try (tp_btf, fentry, kprobe): a probe then
-    /// falls back to the next hook in its chain, tracepoints last.
+    /// Attach modes not to try (tp_btf, fentry, kprobe, task_btf): a probe
+    /// then falls back to the next hook in its chain, tracepoints last.
+    /// task_btf: the programs that need bpf_get_current_task_btf, task
+    /// storage or bpf_task_pt_regs (5.11+/5.15+), i.e. the paths older
+    /// kernels take.
     pub disable: Vec<String>,
 }
 
@@ -100,8 +103,12 @@ impl Default for XdpConfig {
 #[serde(default)]
 pub struct BpfConfig {
     /// Hold BPF_ENABLE_STATS so the kernel counts every program's runs and
-    /// run time (edgewatch_bpf_prog_*).
+    /// run time (edgewatch_bpf_prog_*); see scrape/bpfstats.rs.
     pub enable_stats: bool,
+    /// With enable_stats: hold it only this long out of every
+    /// stats_interval_ms (0: all the time).
+    pub stats_window_ms: u64,
+    pub stats_interval_ms: u64,
     /// Before kernel 6.6 (no `bpf_map_sum_elem_count`), hash maps are
     /// counted by walking them: at most this many slots (the sum of the
     /// walked maps' max_entries) per scrape, smallest maps first. Maps past
@@ -113,7 +120,9 @@ pub struct BpfConfig {
 impl Default for BpfConfig {
     fn default() -> Self {
         Self {
-            enable_stats: true,
+            enable_stats: false,
+            stats_window_ms: 0,
+            stats_interval_ms: 10_000,
             map_count_budget: crate::scrape::elemcount::DEFAULT_BUDGET,
         }
     }
@@ -479,15 +488,11 @@ impl Config {
         }
         let mut disabled_modes = Vec::new();
         for (i, m) in self.attach.disable.iter().enumerate() {
-            match AttachMode::parse_disableable(m) {
+            match Disable::parse(m) {
                 Some(d) => disabled_modes.push(d),
                 None => errors.push(format!(
                     "attach.disable[{i}]: unknown mode {m:?} (known: {})",
-                    AttachMode::DISABLEABLE
-                        .iter()
-                        .map(|m| m.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    Disable::names().join(", ")
                 )),
             }
         }
@@ -496,6 +501,16 @@ impl Config {
                 errors.push(format!("capabilities.keep: {e}"));
                 crate::caps::Keep::Auto
             });
+
+        let bpf_stats = crate::scrape::bpfstats::StatsMode::new(
+            self.bpf.enable_stats,
+            self.bpf.stats_window_ms,
+            self.bpf.stats_interval_ms,
+        )
+        .unwrap_or_else(|e| {
+            errors.push(e);
+            crate::scrape::bpfstats::StatsMode::Off
+        });
 
         match listen {
             Some(listen) if errors.is_empty() => Ok(Settings {
@@ -512,7 +527,7 @@ impl Config {
                 ringbuf_size: size as u32,
                 wakeup_bytes: self.ringbuf.wakeup_bytes,
                 flush_interval: Duration::from_millis(self.ringbuf.flush_interval_ms),
-                enable_stats: self.bpf.enable_stats,
+                bpf_stats,
                 map_count_budget: self.bpf.map_count_budget,
                 xdp_interfaces,
                 xdp_mode,
@@ -548,7 +563,7 @@ pub struct Settings {
     pub ringbuf_size: u32,
     pub wakeup_bytes: u64,
     pub flush_interval: Duration,
-    pub enable_stats: bool,
+    pub bpf_stats: crate::scrape::bpfstats::StatsMode,
     /// Slots walked per scrape to count hash maps before 6.6.
     pub map_count_budget: u64,
     /// (name, ifindex)
@@ -558,7 +573,7 @@ pub struct Settings {
     /// OTLP push, when on (flags, file and OTEL_* environment resolved).
     pub otlp: Option<OtlpSettings>,
     /// Attach modes the operator turned off.
-    pub disabled_modes: Vec<AttachMode>,
+    pub disabled_modes: Vec<Disable>,
     /// Hash map keys and values into the map-call spans.
     pub map_key_hashes: bool,
 }

@@ -222,8 +222,9 @@ impl Pipeline {
 
     /// Runs until `shutdown` turns true, then drains one last time.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backstop = Backstop::new(self.interval);
+        let timer = tokio::time::sleep(backstop.wait());
+        tokio::pin!(timer);
         loop {
             tokio::select! {
                 ready = self.ring.readable_mut() => {
@@ -234,9 +235,17 @@ impl Pipeline {
                             tokio::time::sleep(self.interval).await;
                         }
                     }
-                    self.drain();
+                    let n = self.drain();
+                    // Records flow again: back to the base period.
+                    if backstop.drained(n) {
+                        timer.as_mut().reset(tokio::time::Instant::now() + backstop.wait());
+                    }
                 }
-                _ = tick.tick() => { self.drain(); }
+                () = &mut timer => {
+                    let n = self.drain();
+                    backstop.drained(n);
+                    timer.as_mut().reset(tokio::time::Instant::now() + backstop.wait());
+                }
                 Some(ack) = self.flush_rx.recv() => {
                     self.drain();
                     let _ = ack.send(());
@@ -254,6 +263,51 @@ impl Pipeline {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// The backstop drain's period. Records under `ringbuf.wakeup_bytes` wake
+/// no one, so a timer drains them: every `flush_interval` while records
+/// flow. While drains find the ring empty the period doubles, up to
+/// [`Backstop::MAX_FACTOR`] times the base (at most [`Backstop::MAX`]), so
+/// an idle edgewatch wakes a few times a minute instead of ten times a
+/// second. Nothing reads stale numbers meanwhile: a scrape and an OTLP
+/// push drain first, and records carry their own kernel timestamps.
+#[derive(Debug, Clone, Copy)]
+struct Backstop {
+    base: Duration,
+    cap: Duration,
+    wait: Duration,
+}
+
+impl Backstop {
+    const MAX_FACTOR: u32 = 64;
+    const MAX: Duration = Duration::from_secs(10);
+
+    fn new(base: Duration) -> Self {
+        let cap = (base * Self::MAX_FACTOR).min(Self::MAX).max(base);
+        Self {
+            base,
+            cap,
+            wait: base,
+        }
+    }
+
+    fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// After a drain of `n` records: the next wait. True when it went back
+    /// to the base period (the pending timer should be moved closer).
+    fn drained(&mut self, n: usize) -> bool {
+        if n > 0 {
+            let was = self.wait;
+            self.wait = self.base;
+            was != self.base
+        } else {
+            self.wait = (self.wait * 2).min(self.cap);
+            false
         }
     }
 }
@@ -287,6 +341,33 @@ mod tests {
             Dispatcher::new(vec![(probe, sink)], telemetry.clone()),
             telemetry,
         )
+    }
+
+    #[test]
+    fn the_backstop_backs_off_while_idle_and_returns_when_records_flow() {
+        let base = Duration::from_millis(100);
+        let mut b = Backstop::new(base);
+        assert_eq!(b.wait(), base);
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            assert!(!b.drained(0));
+            waits.push(b.wait().as_millis());
+        }
+        // Doubles up to 64 x 100 ms.
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 6400, 6400, 6400]);
+        assert!(b.drained(3), "records: back to the base period");
+        assert_eq!(b.wait(), base);
+        assert!(!b.drained(5), "already at the base period");
+        // Never past 10 s.
+        let mut half = Backstop::new(Duration::from_millis(500));
+        for _ in 0..10 {
+            half.drained(0);
+        }
+        assert_eq!(half.wait(), Duration::from_secs(10));
+        // A long base period is its own cap.
+        let mut long = Backstop::new(Duration::from_secs(30));
+        long.drained(0);
+        assert_eq!(long.wait(), Duration::from_secs(30));
     }
 
     #[test]

@@ -172,3 +172,54 @@ pub fn test_run(fd: RawFd, repeat: u32) {
         "XDP_PASS"
     );
 }
+
+pub const BPF_PROG_GET_FD_BY_ID: i64 = 13;
+
+/// An fd for the loaded program `id` (BPF_PROG_GET_FD_BY_ID), closed on drop.
+pub struct ProgFd(pub RawFd);
+
+impl Drop for ProgFd {
+    fn drop(&mut self) {
+        // SAFETY: closing the fd we own.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+pub fn prog_fd_by_id(id: u32) -> ProgFd {
+    let mut a = [0u8; 128];
+    put32(&mut a, 0, id);
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut a);
+    assert!(fd > 0, "program {id}: {fd}");
+    ProgFd(fd as RawFd)
+}
+
+/// Runs `frame` through program `fd` `repeat` times (BPF_PROG_TEST_RUN);
+/// returns (the program's return value, the kernel's mean ns per run).
+pub fn test_run_frame(fd: RawFd, frame: &[u8], repeat: u32) -> (u32, u32) {
+    let mut a = [0u8; 128];
+    put32(&mut a, 0, fd as u32);
+    put32(&mut a, 8, frame.len() as u32);
+    put64(&mut a, 16, frame.as_ptr() as u64);
+    put32(&mut a, 32, repeat);
+    assert_eq!(bpf(BPF_PROG_TEST_RUN, &mut a), 0, "BPF_PROG_TEST_RUN");
+    (
+        u32::from_ne_bytes(a[4..8].try_into().unwrap()),
+        u32::from_ne_bytes(a[36..40].try_into().unwrap()),
+    )
+}
+
+/// The id of the program named `name` that process `pid` holds.
+pub fn prog_id_of(pid: u32, name: &str) -> u32 {
+    held_prog_id(pid, name).unwrap_or_else(|| panic!("process {pid} holds no program {name}"))
+}
+
+/// The id of the program named `name` that process `pid` holds, if any
+/// (the kernel keeps the first 15 bytes of a name).
+pub fn held_prog_id(pid: u32, name: &str) -> Option<u32> {
+    let ids = super::bench::prog_ids_of(pid);
+    let name = &name[..name.len().min(15)];
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| ids.contains(&p.id()) && p.name_as_str() == Some(name))
+        .map(|p| p.id())
+}

@@ -185,6 +185,10 @@ pub struct Kernel {
     pub tp_btf_retransmit: Result<(), String>,
     /// The kfunc `bpf_map_sum_elem_count` (6.6+).
     pub sum_elem_count: bool,
+    /// `bpf_get_current_task_btf` and `bpf_task_pt_regs` in a tracepoint
+    /// program (5.11+, 5.15+), what edgewatch's task_btf links need: Ok, or
+    /// why not (tried).
+    pub task_btf: Result<(), String>,
 }
 
 /// The running kernel, probed once per test binary.
@@ -217,6 +221,7 @@ fn probe() -> Kernel {
             tp_btf_sock_state: no_btf(),
             tp_btf_retransmit: no_btf(),
             sum_elem_count: false,
+            task_btf: try_task_btf(),
         };
     };
     let fentry = match btf.func_id("__sys_bpf") {
@@ -244,59 +249,119 @@ fn probe() -> Kernel {
         tp_btf_sock_state,
         tp_btf_retransmit,
         sum_elem_count: btf.has_func("bpf_map_sum_elem_count"),
+        task_btf: try_task_btf(),
     }
+}
+
+/// Loads `call bpf_get_current_task_btf; r1 = r0; call bpf_task_pt_regs;
+/// r0 = 0; exit` as a tracepoint program, then closes it.
+fn try_task_btf() -> Result<(), String> {
+    const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
+    let insns: [u64; 5] = [
+        0x0000_009e_0000_0085, // call 158 (bpf_get_current_task_btf)
+        0x0000_0000_0000_01bf, // r1 = r0
+        0x0000_00af_0000_0085, // call 175 (bpf_task_pt_regs)
+        0x0000_0000_0000_00b7, // r0 = 0
+        0x0000_0000_0000_0095, // exit
+    ];
+    let license = b"GPL\0";
+    let mut a = [0u8; 128];
+    put32(&mut a, 0, BPF_PROG_TYPE_TRACEPOINT);
+    put32(&mut a, 4, insns.len() as u32);
+    put64(&mut a, 8, insns.as_ptr() as u64);
+    put64(&mut a, 16, license.as_ptr() as u64);
+    a[48..55].copy_from_slice(b"ew_test");
+    let prog = bpf(BPF_PROG_LOAD, &mut a);
+    if prog < 0 {
+        return Err(format!(
+            "load: {}",
+            std::io::Error::from_raw_os_error(-prog as i32)
+        ));
+    }
+    // SAFETY: closing an fd we own.
+    unsafe { libc::close(prog as i32) };
+    Ok(())
 }
 
 fn kprobe_pmu() -> bool {
     std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
 }
 
-/// One link of a probe's attach chain: the mode edgewatch reports and the
-/// `--attach.disable` value that turns it off (none for tracepoints, the
-/// last resort).
+/// One link of a probe's attach chain: the mode edgewatch reports, the
+/// `--attach.disable` value that turns the mode off (none for tracepoints,
+/// the last resort), and whether the link needs task BTF helpers (then
+/// `--attach.disable=task_btf` turns it off too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Link {
     pub mode: &'static str,
     pub disable: Option<&'static str>,
+    pub task_btf: bool,
 }
 
 const FENTRY: Link = Link {
     mode: "fentry",
     disable: Some("fentry"),
+    task_btf: true,
 };
 const KPROBE: Link = Link {
     mode: "kprobe",
     disable: Some("kprobe"),
+    task_btf: true,
 };
 const TP_BTF: Link = Link {
     mode: "tp_btf",
     disable: Some("tp_btf"),
+    task_btf: false,
 };
 const TRACEPOINT: Link = Link {
     mode: "tracepoint",
     disable: None,
+    task_btf: false,
 };
+
+impl Link {
+    const fn task(self) -> Self {
+        Self {
+            task_btf: true,
+            ..self
+        }
+    }
+
+    /// Whether `--attach.disable=<set>` rules this link out.
+    fn ruled_out_by(&self, set: &[&str]) -> bool {
+        self.disable.is_some_and(|d| set.contains(&d))
+            || (self.task_btf && set.contains(&"task_btf"))
+    }
+}
 
 impl Kernel {
     /// The map probe's chain with whether this kernel takes each link.
     pub fn map_chain(&self) -> Vec<(Link, Result<(), String>)> {
+        let task = self.task_btf.clone();
         vec![
-            (FENTRY, self.fentry.clone()),
+            (FENTRY, self.fentry.clone().and(task.clone())),
             (
                 KPROBE,
                 if self.kprobe {
-                    Ok(())
+                    task.clone()
                 } else {
                     Err("no kprobe PMU".into())
                 },
             ),
+            (TRACEPOINT.task(), task),
             (TRACEPOINT, Ok(())),
         ]
     }
 
+    /// The handshake hook's mode; the connect() exit alone with task BTF
+    /// helpers, else the entry/exit pair.
     pub fn connect_chain(&self) -> Vec<(Link, Result<(), String>)> {
+        let task = self.task_btf.clone();
+        let sock = self.tp_btf_sock_state.clone();
         vec![
-            (TP_BTF, self.tp_btf_sock_state.clone()),
+            (TP_BTF.task(), sock.clone().and(task.clone())),
+            (TP_BTF, sock),
+            (TRACEPOINT.task(), task),
             (TRACEPOINT, Ok(())),
         ]
     }
@@ -331,32 +396,71 @@ fn first_taken(chain: &[(Link, Result<(), String>)]) -> &'static str {
 
 /// The links of `chain` this kernel takes, each with the edgewatch
 /// arguments that make the chain land on it: none for the first one taken
-/// (the default must pick it), `--attach.disable=<every earlier link>` for
-/// the others. Prints the links it leaves out and why.
+/// (the default must pick it); for the others, `--attach.disable=` a set
+/// of names that rules out every earlier link but not this one. Prints the links it leaves out and why.
 pub fn links_to_test(
     probe: &str,
     chain: &[(Link, Result<(), String>)],
 ) -> Vec<(Link, Vec<String>)> {
     let mut out = Vec::new();
-    let mut earlier: Vec<&str> = Vec::new();
-    for (link, ok) in chain {
-        match ok {
-            Ok(()) => {
-                let args = if out.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![format!("--attach.disable={}", earlier.join(","))]
-                };
-                out.push((*link, args));
-            }
-            Err(why) => eprintln!(
-                "{probe}: link {} not taken by this kernel ({why}); the chain must pass over it",
-                link.mode
-            ),
+    for (i, (link, ok)) in chain.iter().enumerate() {
+        if let Err(why) = ok {
+            eprintln!(
+                "{probe}: link {link:?} not taken by this kernel ({why}); the chain must pass over it"
+            );
+            continue;
         }
-        if let Some(d) = link.disable {
-            earlier.push(d);
+        if out.is_empty() {
+            out.push((*link, Vec::new()));
+            continue;
+        }
+        let mut set: Vec<&str> = Vec::new();
+        for (earlier, _) in &chain[..i] {
+            if earlier.ruled_out_by(&set) {
+                continue;
+            }
+            // Its mode when that leaves this link standing, else task_btf.
+            match earlier.disable {
+                Some(d) if !link.ruled_out_by(&[d]) => set.push(d),
+                _ if earlier.task_btf && !link.task_btf => set.push("task_btf"),
+                _ => {}
+            }
+        }
+        let reachable =
+            !link.ruled_out_by(&set) && chain[..i].iter().all(|(e, _)| e.ruled_out_by(&set));
+        if reachable {
+            out.push((*link, vec![format!("--attach.disable={}", set.join(","))]));
+        } else {
+            eprintln!("{probe}: link {link:?} cannot be reached by --attach.disable here");
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+
+    #[test]
+    fn every_link_of_the_connect_chain_is_reached() {
+        let ok = || Ok(());
+        let chain = vec![
+            (super::TP_BTF.task(), ok()),
+            (super::TP_BTF, ok()),
+            (super::TRACEPOINT.task(), ok()),
+            (super::TRACEPOINT, ok()),
+        ];
+        let got: Vec<Vec<String>> = super::links_to_test("t", &chain)
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                vec![],
+                vec!["--attach.disable=task_btf".to_string()],
+                vec!["--attach.disable=tp_btf".to_string()],
+                vec!["--attach.disable=tp_btf,task_btf".to_string()],
+            ]
+        );
+    }
 }

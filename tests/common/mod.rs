@@ -22,7 +22,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod bench;
 pub mod bpf;
+pub mod emitter;
 pub mod frames;
 pub mod kernel;
 pub mod otlp;
@@ -200,7 +202,8 @@ impl Edgewatch {
         Self::spawn(None, args)
     }
 
-    /// Runs another edgewatch binary (a build of a modified copy).
+    /// Runs another edgewatch binary (a build of a modified copy, or an
+    /// older build for a before/after benchmark).
     pub fn start_binary(binary: &str, args: &[&str]) -> Self {
         Self::spawn_cmd(None, vec![binary.to_string()], args)
     }
@@ -208,6 +211,12 @@ impl Edgewatch {
     /// Runs edgewatch with these environment variables set.
     pub fn start_env(env: &[(&str, &str)], args: &[&str]) -> Self {
         Self::spawn_env(None, vec![binary().to_string()], env, args)
+    }
+
+    /// [`Edgewatch::start_binary`] inside `ns`.
+    pub fn start_binary_in(ns: &Netns, binary: &str, args: &[&str]) -> Self {
+        let prefix = ["ip", "netns", "exec", &ns.name, binary].map(String::from);
+        Self::spawn_cmd(Some(ns.name.clone()), prefix.to_vec(), args)
     }
 
     /// Runs edgewatch inside `ns` (`ip netns exec`), e.g. to attach XDP to

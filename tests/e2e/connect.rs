@@ -14,6 +14,7 @@ use std::{
 
 use crate::common::{
     Edgewatch, Netns,
+    bpf::held_prog_id,
     kernel::{kernel, links_to_test},
     poll, privileged, serial, set_thread_comm,
 };
@@ -109,15 +110,29 @@ fn exact_connect_counts_agree_with_the_kernel_on_every_link() {
     for (i, (link, args)) in links_to_test("connect", &chain).into_iter().enumerate() {
         eprintln!("connect: link {} with {args:?}", link.mode);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        exact_counts(&args, link.mode, &format!("conn{i}"));
+        // The exit-only program on task_btf links, the pair on the others.
+        let (held, not) = if link.task_btf {
+            ("ew_connect_ret", "ew_connect_enter")
+        } else {
+            ("ew_connect_enter", "ew_connect_ret")
+        };
+        exact_counts(&args, link.mode, &format!("conn{i}"), held, not);
     }
 }
 
-fn exact_counts(extra: &[&str], mode: &str, tag: &str) {
+fn exact_counts(extra: &[&str], mode: &str, tag: &str, held: &str, not: &str) {
     let ns = Netns::new(tag);
     let mut args = vec!["--probes", "connect", "--metrics.labels=comm"];
     args.extend_from_slice(extra);
     let ew = Edgewatch::start(&args);
+    assert!(
+        held_prog_id(ew.pid(), held).is_some(),
+        "{extra:?}: {held} not loaded"
+    );
+    assert!(
+        held_prog_id(ew.pid(), not).is_none(),
+        "{extra:?}: {not} loaded"
+    );
     let comm = format!("ew{tag}{}", std::process::id() % 100_000);
 
     let opens_before = ns.snmp("Tcp", "ActiveOpens");
@@ -315,8 +330,21 @@ fn sigterm_detaches_and_exits_zero() {
     let id_before = prog_ids_of(ew.pid());
     assert!(!id_before.is_empty(), "no program loaded by edgewatch");
     assert_eq!(ew.signal_and_wait(libc::SIGTERM), Some(0));
-    let loaded = all_prog_ids();
-    let remaining: Vec<_> = id_before.iter().filter(|id| loaded.contains(id)).collect();
+    // The kernel frees a program after an RCU grace period once its last
+    // fd and link are gone: allow it a moment.
+    let still = || {
+        let loaded = all_prog_ids();
+        let ids: Vec<u64> = id_before
+            .iter()
+            .copied()
+            .filter(|id| loaded.contains(id))
+            .collect();
+        ids
+    };
+    let remaining = poll(Duration::from_secs(10), || {
+        Some(still()).filter(Vec::is_empty)
+    })
+    .unwrap_or_else(still);
     assert!(
         remaining.is_empty(),
         "programs still loaded after exit: {remaining:?}"

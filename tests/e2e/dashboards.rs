@@ -413,6 +413,9 @@ fn dashboards_and_alerts_have_data_under_load() {
     let second = load_prog_using(&format!("ewdp2{pid}"), new.fd);
     assert!(first >= 0 && second >= 0, "loading the twin's programs");
     close(first);
+    // SAFETY: a fresh fd the test owns: closed when the test ends, also by
+    // a panic (a program left loaded would confuse later tests).
+    let _second = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(second) };
     for i in 0..3u32 {
         assert_eq!(update(&old, &i.to_ne_bytes(), &[0u8; 8], BPF_ANY), 0);
     }

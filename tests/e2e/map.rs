@@ -9,7 +9,7 @@ use crate::common::{
     Edgewatch, Metrics,
     bpf::{
         ARRAY, BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, HASH, LPM_TRIE, LRU_HASH, PERCPU_HASH,
-        create, delete, load_prog, possible_cpus, test_run, update, update_batch,
+        create, delete, held_prog_id, load_prog, possible_cpus, test_run, update, update_batch,
     },
     kernel::{kernel, links_to_test},
     poll, privileged, serial,
@@ -60,13 +60,42 @@ fn exact_map_update_counts_entries_and_program_runs() {
     for (i, (link, extra)) in links.iter().enumerate() {
         eprintln!("map: link {} with {extra:?}", link.mode);
         let mut args = vec!["--probes".to_string(), "map".to_string()];
+        if i == 0 {
+            // Program statistics are off by default (a tax on every
+            // program): asked for here, for the exact run counts.
+            args.push("--bpf.enable-stats=true".to_string());
+        }
         args.extend(extra.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let ew = Edgewatch::start(&args);
+        // Which entry program holds tells the task_btf links from the rest
+        // (both report their mode).
+        let (held, not) = if link.task_btf {
+            (entry_program(link.mode), "ew_maph_enter")
+        } else {
+            ("ew_maph_enter", "ew_map_tp_enter")
+        };
+        assert!(
+            held_prog_id(ew.pid(), held).is_some(),
+            "{link:?}: {held} not loaded"
+        );
+        assert!(
+            held_prog_id(ew.pid(), not).is_none(),
+            "{link:?}: {not} loaded"
+        );
         exact_counts(&ew, i, link.mode);
         if i == 0 {
             program_runs(&ew);
         }
+    }
+}
+
+/// The map probe's entry program on a task_btf link of `mode`.
+fn entry_program(mode: &str) -> &'static str {
+    match mode {
+        "fentry" => "ew_map_fentry",
+        "kprobe" => "ew_map_kprobe",
+        _ => "ew_map_tp_enter",
     }
 }
 

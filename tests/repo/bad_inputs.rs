@@ -96,6 +96,26 @@ const CASES: &[Case] = &[
     ),
     case(&["--bpf.enable-stats", "maybe"], "invalid value 'maybe'"),
     case(
+        &[
+            "--bpf.enable-stats=true",
+            "--bpf.stats-window-ms=10000",
+            "--bpf.stats-interval-ms=10000",
+        ],
+        "bpf.stats_window_ms: 10000 must be shorter than bpf.stats_interval_ms (10000)",
+    ),
+    case(
+        &[
+            "--bpf.enable-stats=true",
+            "--bpf.stats-window-ms=10",
+            "--bpf.stats-interval-ms=0",
+        ],
+        "bpf.stats_interval_ms: 0 must be from",
+    ),
+    case(
+        &["--bpf.stats-window-ms", "-1"],
+        "invalid value '-1' for '--bpf.stats-window-ms <MS>'",
+    ),
+    case(
         &["--xdp.interface", "ew-no-such-if0"],
         "no network interface named \"ew-no-such-if0\"",
     ),
@@ -357,6 +377,48 @@ fn shown(line: &str) -> String {
     }
 }
 
+/// How long a bad input may take to be refused.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `cmd` to completion, or kills it past `limit` (None): a case that
+/// starts edgewatch for real must fail the test, not hang it.
+fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Option<std::process::Output> {
+    use std::{io::Read, process::Stdio};
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    status.map(|status| std::process::Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
 #[test]
 fn every_bad_input_exits_2_with_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -366,11 +428,15 @@ fn every_bad_input_exits_2_with_one_clear_line() {
     let mut failures = Vec::new();
     for c in CASES {
         let args: Vec<String> = c.args.iter().map(|a| a.replace("$DIR", d)).collect();
-        let out = Command::new(crate::common::binary())
-            .args(&args)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
+        let mut cmd = Command::new(crate::common::binary());
+        cmd.args(&args).env_remove("RUST_LOG");
+        let Some(out) = output_within(&mut cmd, LIMIT) else {
+            failures.push(format!(
+                "{}: still running after {LIMIT:?} (killed): a bad input must exit at once",
+                c.args.join(" ")
+            ));
+            continue;
+        };
         let stderr = String::from_utf8_lossy(&out.stderr).replace(d, "$DIR");
         let lines: Vec<&str> = stderr.lines().collect();
         let shown_args = c.args.join(" ");

@@ -27,6 +27,10 @@
 #define EW_PROBE_CONNECT 0
 #define EW_PROBE_RETRANSMIT 1
 #define EW_PROBE_MAP 2
+/* Records of the benchmark emitter (exporter-ebpf/src/bench.bpf.c), never
+ * loaded by edgewatch itself: its own slot, so a test can tell its losses
+ * from those of the probes. */
+#define EW_PROBE_BENCH 7
 #define EW_PROBE_COUNT 8
 
 #define EW_COMM_LEN 16
@@ -42,6 +46,7 @@ struct ew_hdr {
 /* One finished connect() syscall (syscalls:sys_exit_connect). */
 struct ew_connect_call {
 	struct ew_hdr hdr;
+	__u64 cgroup_id; /* cgroup v2 id of the calling task */
 	__u32 tgid;
 	__u32 pid;
 	__s32 ret;     /* 0 or -errno */
@@ -54,6 +59,7 @@ struct ew_connect_call {
 struct ew_tcp_connect {
 	struct ew_hdr hdr;
 	__u64 duration_ns; /* SYN_SENT entry to this transition */
+	__u64 cgroup_id;   /* cgroup v2 id of the task that entered SYN_SENT */
 	__u32 tgid;        /* process that entered SYN_SENT */
 	__s32 sk_err;      /* sk->sk_err at the transition; 0 when established */
 	__u16 family;      /* AF_INET or AF_INET6 */
@@ -72,6 +78,9 @@ struct ew_tcp_connect {
 /* One tcp:tcp_retransmit_skb or tcp:tcp_retransmit_synack event. */
 struct ew_retransmit {
 	struct ew_hdr hdr;
+	__u64 cgroup_id; /* cgroup v2 id of the task that retransmitted, in
+	                  * process context (the socket's owner, releasing its
+	                  * lock); 0 in softirq (timers, incoming ACKs) */
 	__s32 err;      /* tracepoint err (0 without EW_RTX_HAS_ERR) */
 	__u16 segs;     /* tcp_skb_pcount(skb) at the tracepoint; 1 for SYN-ACK */
 	__u16 family;
@@ -93,14 +102,16 @@ struct ew_retransmit {
 struct ew_map_op {
 	struct ew_hdr hdr;
 	__u64 duration_ns; /* syscall entry to exit */
+	__u64 cgroup_id;   /* cgroup v2 id of the calling task */
 	__u32 map_id;      /* 0 when the fd did not resolve to a map */
-	__u32 map_type;    /* enum bpf_map_type */
 	__u32 tgid;
 	__s32 ret;         /* syscall return: 0 or -errno */
 	__u32 count;       /* batch: attr.batch.count after the call; 1 otherwise */
 	__u32 requested;   /* batch: attr.batch.count before the call; 1 otherwise */
+	__u16 map_type;    /* enum bpf_map_type (all values fit 16 bits) */
 	__u16 cmd;         /* BPF_MAP_UPDATE_ELEM, _DELETE_ELEM, _UPDATE_BATCH, _DELETE_BATCH */
 	__u16 hashed;      /* EW_MAP_*_HASHED: which of the hashes below are set */
+	__u16 _pad;
 	__u32 _pad2;
 	char map_name[16];
 	char comm[EW_COMM_LEN];
@@ -141,6 +152,23 @@ struct ew_map_entries {
 #define EW_XDP_PROTO_ICMP 2
 #define EW_XDP_PROTO_ICMPV6 3
 #define EW_XDP_PROTO_OTHER 4
+
+/* ifindex % EW_XDP_IFCACHE: the inlined array in front of ew_xdp_ifslot. */
+#define EW_XDP_IFCACHE 256
+
+/* Blocklist pre-filter (ew_gate_v4, ew_gate_v6): 2 bits per block of
+ * source addresses, IPv4 /24 and IPv6 /16. */
+/* ew_blocklist_mode, set by the XDP loader. */
+#define EW_BLOCKLIST_OFF 0  /* no blocklist: skip it */
+#define EW_BLOCKLIST_TRIE 1 /* ask the tries for every packet */
+#define EW_BLOCKLIST_GATE 2 /* the pre-filter first, the tries where it says */
+#define EW_GATE_ALL 1  /* a prefix covers the whole block: drop */
+#define EW_GATE_SOME 2 /* a longer prefix lies inside: ask the trie */
+#define EW_GATE_BLOCKS_PER_WORD 32
+#define EW_GATE_V4_BITS 24
+#define EW_GATE_V6_BITS 16
+#define EW_GATE_V4_WORDS 524288 /* 2^24 / 32 */
+#define EW_GATE_V6_WORDS 2048   /* 2^16 / 32 */
 
 struct ew_xdp_counter {
 	__u64 packets;

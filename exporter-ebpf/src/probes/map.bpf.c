@@ -13,10 +13,15 @@
  *   2. kprobe/kretprobe on __sys_bpf (needs CONFIG_KPROBES);
  *   3. syscalls:sys_enter_bpf / sys_exit_bpf (always there), which cost
  *      other syscalls nothing.
+ * The first three use the fast path (5.11+): the call in flight lives in
+ * task storage and the fd is resolved with BTF-typed loads from
+ * bpf_get_current_task_btf(); a fourth, the same tracepoints with a hash
+ * and CO-RE reads, is the fallback for older kernels.
  * The map is resolved at entry from the fd through the task's file table
- * (current->files->fdt->fd[fd]), checked to be a BPF map file by its dentry
- * name ("bpf-map", fs/anon_inodes.c), so a wrong fd resolves to nothing
- * rather than to garbage.
+ * (current->files->fdt->fd[fd]), checked to be a BPF map file (its f_op is
+ * bpf_map_fops, learned from a file whose dentry is named "bpf-map",
+ * fs/anon_inodes.c), so a wrong fd resolves to nothing rather than to
+ * garbage.
  *
  * Inventory: iter/bpf_map (5.9+) visits every map on the host once per
  * scrape and writes (id, entries) where the count is exact and cheap:
@@ -56,13 +61,14 @@
 
 /* A call between entry and exit, by thread. */
 struct ew_map_call {
-	__u64 start_ns;
+	__u64 start_ns; /* 0: no call in flight */
 	__u64 uattr;
 	__u32 map_id;
-	__u32 map_type;
 	__u32 requested;
+	__u16 map_type;
 	__u16 cmd;
 	__u16 hashed;
+	__u16 _pad;
 	char map_name[16];
 	__u64 key_hash;
 	__u64 value_hash;
@@ -81,15 +87,46 @@ struct {
 	__type(value, __u8[EW_MAP_HASH_MAX]);
 } ew_map_hash_buf SEC(".maps");
 
-/* A plain hash, not an LRU, for the reason given in connect.bpf.c: a full
- * map fails the insert, which is counted in ew_lost, instead of evicting a
- * call in flight silently. */
+/* In-flight calls of the fast path (5.11+): task-local storage, found from
+ * the task in a few loads, with nothing to delete at exit (the entry is
+ * marked idle and freed with the task). A failed get (no memory, or a
+ * nested storage operation on this CPU) counts in ew_lost. */
+#ifndef EW_COMPAT
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct ew_map_call);
+} ew_map_task SEC(".maps");
+#else
+/* The compat object (kernels without task storage, which cannot create the
+ * map above): a stand-in of the same name, so the object loads; the fast
+ * programs fail verification there and the probe falls back to the hash. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, int);
+	__type(value, struct ew_map_call);
+} ew_map_task SEC(".maps");
+#endif
+
+/* In-flight calls of the fallback path (kernels before 5.11, without task
+ * storage and bpf_get_current_task_btf), by thread. A plain hash, not an
+ * LRU, for the reason given in connect.bpf.c: a full map fails the insert,
+ * which is counted in ew_lost, instead of evicting a call in flight
+ * silently. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct ew_map_call);
 } ew_map_calls SEC(".maps");
+
+/* The kernel's bpf_map_fops, learned from the first file that passed the
+ * dentry-name check below: every BPF map file has it as f_op
+ * (kernel/bpf/syscall.c, bpf_map_new_fd) and no other file does, so a
+ * file whose f_op equals it is a map without reading its name. */
+__u64 ew_map_fops;
 
 static __always_inline int ew_is_map_cmd(int cmd)
 {
@@ -109,28 +146,106 @@ static __always_inline int ew_is_batch(int cmd)
 	return cmd == EW_BPF_MAP_UPDATE_BATCH || cmd == EW_BPF_MAP_DELETE_BATCH;
 }
 
-/* The struct bpf_map behind `fd` in the current task, or NULL. */
-static __always_inline struct bpf_map *ew_fd_to_map(__u32 fd)
+/* True when `file` (a kernel address) is a BPF map file: its dentry is
+ * named "bpf-map" (fs/anon_inodes.c), so a wrong fd resolves to nothing
+ * rather than to garbage. */
+static __always_inline int ew_file_is_map(struct file *file)
+{
+	const unsigned char *dname;
+	char name[8] = {};
+
+	dname = BPF_CORE_READ(file, f_path.dentry, d_name.name);
+	bpf_probe_read_kernel(name, sizeof(name), dname);
+	return name[0] == 'b' && name[1] == 'p' && name[2] == 'f' && name[3] == '-' &&
+	       name[4] == 'm' && name[5] == 'a' && name[6] == 'p' && name[7] == 0;
+}
+
+/* Fills the map fields of `call` from a struct bpf_map (a kernel address):
+ * one read of the span from map_type to the end of name where the running
+ * kernel's layout allows it (it does on every kernel since 4.15), one read
+ * per field otherwise. */
+#define EW_MAP_SPAN 192
+static __always_inline void ew_read_map(struct bpf_map *map, struct ew_map_call *call)
+{
+	__u32 lo = bpf_core_field_offset(struct bpf_map, map_type);
+	__u32 id = bpf_core_field_offset(struct bpf_map, id);
+	__u32 nm = bpf_core_field_offset(struct bpf_map, name);
+	__u8 span[EW_MAP_SPAN];
+
+	if (lo < id && id < nm && nm + 16 - lo <= EW_MAP_SPAN) {
+		if (bpf_probe_read_kernel(span, nm + 16 - lo, (void *)map + lo))
+			return;
+		call->map_type = *(__u32 *)&span[0];
+		call->map_id = *(__u32 *)&span[id - lo];
+		__builtin_memcpy(call->map_name, &span[nm - lo], 16);
+		return;
+	}
+	call->map_id = BPF_CORE_READ(map, id);
+	call->map_type = BPF_CORE_READ(map, map_type);
+	BPF_CORE_READ_STR_INTO(&call->map_name, map, name);
+}
+
+/* Resolves `fd` of the current task to its map into `call`. Fast path:
+ * BTF-typed direct loads from bpf_get_current_task_btf() down to the fd
+ * table, then one read for the file pointer, one for (f_op, private_data)
+ * and one for the map's fields. */
+static __always_inline struct bpf_map *ew_fd_to_map_btf(__u32 fd, struct ew_map_call *call)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = task->files->fdt;
+	struct file **fds;
+	struct file *file = NULL;
+	__u32 fop = bpf_core_field_offset(struct file, f_op);
+	__u32 priv = bpf_core_field_offset(struct file, private_data);
+	__u64 head[4] = {};
+	__u64 f_op, map;
+
+	if (fd >= fdt->max_fds)
+		return NULL;
+	fds = fdt->fd;
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	if (!file)
+		return NULL;
+	if (fop < priv && priv - fop <= 24) {
+		if (bpf_probe_read_kernel(head, priv - fop + 8, (void *)file + fop))
+			return NULL;
+		f_op = head[0];
+		map = head[((priv - fop) / 8) & 3];
+	} else {
+		f_op = (__u64)BPF_CORE_READ(file, f_op);
+		map = (__u64)BPF_CORE_READ(file, private_data);
+	}
+	if (!f_op || !map)
+		return NULL;
+	if (f_op != ew_map_fops) {
+		if (!ew_file_is_map(file))
+			return NULL;
+		ew_map_fops = f_op;
+	}
+	ew_read_map((struct bpf_map *)map, call);
+	return (struct bpf_map *)map;
+}
+
+/* The same through CO-RE reads from bpf_get_current_task() (the fallback
+ * for kernels without bpf_get_current_task_btf). */
+static __always_inline struct bpf_map *ew_fd_to_map_core(__u32 fd, struct ew_map_call *call)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	struct file **fds;
 	struct file *file = NULL;
-	const unsigned char *dname;
-	char name[8] = {};
+	struct bpf_map *map;
 
 	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
 		return NULL;
 	fds = BPF_CORE_READ(fdt, fd);
 	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
-	if (!file)
+	if (!file || !ew_file_is_map(file))
 		return NULL;
-	dname = BPF_CORE_READ(file, f_path.dentry, d_name.name);
-	bpf_probe_read_kernel(name, sizeof(name), dname);
-	if (name[0] != 'b' || name[1] != 'p' || name[2] != 'f' || name[3] != '-' ||
-	    name[4] != 'm' || name[5] != 'a' || name[6] != 'p' || name[7] != 0)
-		return NULL;
-	return BPF_CORE_READ(file, private_data);
+	map = BPF_CORE_READ(file, private_data);
+	if (map)
+		ew_read_map(map, call);
+	return map;
 }
 
 /* FNV-1a 64 of the first min(size, EW_MAP_HASH_MAX) bytes at user address
@@ -158,114 +273,138 @@ static __always_inline int ew_fnv1a(__u64 ptr, __u32 size, __u64 *out)
 	return 1;
 }
 
-/* Entry of a bpf() call: `uattr` is the user's union bpf_attr. */
-static __always_inline void ew_map_enter(int cmd, __u64 uattr)
+/* With --otlp.map-key-hashes: the key's (and an update's value's) hash,
+ * read from the user's buffers at entry. Single-element calls only. */
+static __always_inline void ew_map_hash(int cmd, __u64 uattr, struct bpf_map *map,
+					struct ew_map_call *call)
 {
-	struct ew_map_call call = {};
-	struct bpf_map *map;
-	__u64 id;
+	__u64 ptr = 0;
+
+	if (!ew_map_hashes || !map || ew_is_batch(cmd))
+		return;
+	bpf_probe_read_user(&ptr, sizeof(ptr),
+			    (void *)(uattr + __builtin_offsetof(union bpf_attr, key)));
+	if (ew_fnv1a(ptr, BPF_CORE_READ(map, key_size), &call->key_hash))
+		call->hashed |= EW_MAP_KEY_HASHED;
+	if (cmd == EW_BPF_MAP_UPDATE_ELEM) {
+		ptr = 0;
+		bpf_probe_read_user(&ptr, sizeof(ptr),
+				    (void *)(uattr + __builtin_offsetof(union bpf_attr, value)));
+		if (ew_fnv1a(ptr, BPF_CORE_READ(map, value_size), &call->value_hash))
+			call->hashed |= EW_MAP_VALUE_HASHED;
+	}
+}
+
+/* The call's fd and requested count from the user's union bpf_attr. */
+static __always_inline __u32 ew_map_args(int cmd, __u64 uattr, struct ew_map_call *call)
+{
 	__u32 fd = 0;
 
-	if (ew_is_change_cmd(cmd)) {
-		/* Only its result matters (ew_map_exit). */
-		id = bpf_get_current_pid_tgid();
-		call.cmd = (__u16)cmd;
-		if (bpf_map_update_elem(&ew_map_calls, &id, &call, BPF_ANY))
-			ew_count_lost(EW_PROBE_MAP);
-		return;
-	}
-	if (!ew_is_map_cmd(cmd))
-		return;
-	id = bpf_get_current_pid_tgid();
-	call.start_ns = bpf_ktime_get_ns();
-	call.uattr = uattr;
-	call.cmd = (__u16)cmd;
-	call.requested = 1;
+	call->uattr = uattr;
+	call->cmd = (__u16)cmd;
+	call->requested = 1;
+	call->map_id = 0;
+	call->map_type = 0;
+	call->hashed = 0;
+	call->key_hash = 0;
+	call->value_hash = 0;
+	__builtin_memset(call->map_name, 0, sizeof(call->map_name));
 	if (ew_is_batch(cmd)) {
 		bpf_probe_read_user(&fd, sizeof(fd),
 				    (void *)(uattr + __builtin_offsetof(union bpf_attr, batch.map_fd)));
-		bpf_probe_read_user(&call.requested, sizeof(call.requested),
+		bpf_probe_read_user(&call->requested, sizeof(call->requested),
 				    (void *)(uattr + __builtin_offsetof(union bpf_attr, batch.count)));
 	} else {
 		bpf_probe_read_user(&fd, sizeof(fd),
 				    (void *)(uattr + __builtin_offsetof(union bpf_attr, map_fd)));
 	}
-	map = ew_fd_to_map(fd);
-	if (map) {
-		call.map_id = BPF_CORE_READ(map, id);
-		call.map_type = BPF_CORE_READ(map, map_type);
-		BPF_CORE_READ_STR_INTO(&call.map_name, map, name);
-	}
-	if (ew_map_hashes && map && !ew_is_batch(cmd)) {
-		__u64 ptr = 0;
+	return fd;
+}
 
-		bpf_probe_read_user(&ptr, sizeof(ptr),
-				    (void *)(uattr + __builtin_offsetof(union bpf_attr, key)));
-		if (ew_fnv1a(ptr, BPF_CORE_READ(map, key_size), &call.key_hash))
-			call.hashed |= EW_MAP_KEY_HASHED;
-		if (cmd == EW_BPF_MAP_UPDATE_ELEM) {
-			ptr = 0;
-			bpf_probe_read_user(&ptr, sizeof(ptr),
-					    (void *)(uattr + __builtin_offsetof(union bpf_attr, value)));
-			if (ew_fnv1a(ptr, BPF_CORE_READ(map, value_size), &call.value_hash))
-				call.hashed |= EW_MAP_VALUE_HASHED;
-		}
-	}
-	if (bpf_map_update_elem(&ew_map_calls, &id, &call, BPF_ANY))
-		ew_count_lost(EW_PROBE_MAP);
+/* Writes the record for a finished call. */
+static __always_inline void ew_map_emit(struct ew_map_call *call, long ret)
+{
+	struct ew_map_op *e = ew_reserve(EW_PROBE_MAP, EW_KIND_MAP_OP, sizeof(*e));
+
+	if (!e)
+		return;
+	e->duration_ns = e->hdr.ts_ns - call->start_ns;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->map_id = call->map_id;
+	e->tgid = bpf_get_current_pid_tgid() >> 32;
+	e->ret = (__s32)ret;
+	e->requested = call->requested;
+	e->count = 1;
+	if (ew_is_batch(call->cmd))
+		bpf_probe_read_user(&e->count, sizeof(e->count),
+				    (void *)(call->uattr + __builtin_offsetof(union bpf_attr, batch.count)));
+	e->map_type = call->map_type;
+	e->cmd = call->cmd;
+	e->hashed = call->hashed;
+	e->_pad = 0;
+	e->_pad2 = 0;
+	e->key_hash = call->key_hash;
+	e->value_hash = call->value_hash;
+	__builtin_memcpy(e->map_name, call->map_name, sizeof(e->map_name));
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	ew_submit(e);
 }
 
 /* A program load, attach or link change went through: tell user space. */
-static __always_inline void ew_emit_change(__u16 cmd, __u32 tgid)
+static __always_inline void ew_emit_change(__u16 cmd)
 {
 	struct ew_bpf_change *e = ew_reserve(EW_PROBE_MAP, EW_KIND_BPF_CHANGE, sizeof(*e));
 
 	if (!e)
 		return;
-	e->tgid = tgid;
+	e->tgid = bpf_get_current_pid_tgid() >> 32;
 	e->cmd = cmd;
 	e->_pad = 0;
 	ew_submit(e);
 }
 
+/* Entry of a bpf() call (`uattr` is the user's union bpf_attr), fast path. */
+static __always_inline void ew_map_enter(int cmd, __u64 uattr)
+{
+	struct ew_map_call *call;
+	struct bpf_map *map;
+	int change = ew_is_change_cmd(cmd);
+	__u32 fd;
+
+	if (!change && !ew_is_map_cmd(cmd))
+		return;
+	call = bpf_task_storage_get(&ew_map_task, bpf_get_current_task_btf(), 0,
+				    BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!call) {
+		ew_count_lost(EW_PROBE_MAP);
+		return;
+	}
+	if (change) {
+		/* Only its result matters (ew_map_exit); start_ns marks it in flight. */
+		call->cmd = (__u16)cmd;
+		call->start_ns = 1;
+		return;
+	}
+	fd = ew_map_args(cmd, uattr, call);
+	map = ew_fd_to_map_btf(fd, call);
+	ew_map_hash(cmd, uattr, map, call);
+	call->start_ns = bpf_ktime_get_ns();
+}
+
 /* Exit of the same call: emit the record. */
 static __always_inline void ew_map_exit(long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct ew_map_call *call = bpf_map_lookup_elem(&ew_map_calls, &id);
-	struct ew_map_op *e;
+	struct ew_map_call *call = bpf_task_storage_get(&ew_map_task, bpf_get_current_task_btf(), 0, 0);
 
-	if (!call)
-		return;
+	if (!call || !call->start_ns)
+		return; /* not a call we follow, or it entered before we attached */
 	if (ew_is_change_cmd(call->cmd)) {
 		if (ret >= 0)
-			ew_emit_change(call->cmd, id >> 32);
-		bpf_map_delete_elem(&ew_map_calls, &id);
-		return;
+			ew_emit_change(call->cmd);
+	} else {
+		ew_map_emit(call, ret);
 	}
-	e = ew_reserve(EW_PROBE_MAP, EW_KIND_MAP_OP, sizeof(*e));
-	if (e) {
-		e->duration_ns = e->hdr.ts_ns - call->start_ns;
-		e->map_id = call->map_id;
-		e->map_type = call->map_type;
-		e->tgid = id >> 32;
-		e->ret = (__s32)ret;
-		e->requested = call->requested;
-		e->count = 1;
-		if (ew_is_batch(call->cmd))
-			bpf_probe_read_user(&e->count, sizeof(e->count),
-					    (void *)(call->uattr +
-						     __builtin_offsetof(union bpf_attr, batch.count)));
-		e->cmd = call->cmd;
-		e->hashed = call->hashed;
-		e->_pad2 = 0;
-		e->key_hash = call->key_hash;
-		e->value_hash = call->value_hash;
-		__builtin_memcpy(e->map_name, call->map_name, sizeof(e->map_name));
-		bpf_get_current_comm(e->comm, sizeof(e->comm));
-		ew_submit(e);
-	}
-	bpf_map_delete_elem(&ew_map_calls, &id);
+	call->start_ns = 0;
 }
 
 /* 3. Syscall tracepoints. */
@@ -280,6 +419,60 @@ SEC("tracepoint/syscalls/sys_exit_bpf")
 int ew_map_tp_exit(struct trace_event_raw_sys_exit *ctx)
 {
 	ew_map_exit(ctx->ret);
+	return 0;
+}
+
+/* 4. The same tracepoints for kernels before 5.11: CO-RE reads and a hash. */
+SEC("tracepoint/syscalls/sys_enter_bpf")
+int ew_maph_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	struct ew_map_call call = {};
+	int cmd = (int)ctx->args[0];
+	struct bpf_map *map;
+	__u64 id;
+	__u32 fd;
+
+	if (ew_is_change_cmd(cmd)) {
+		id = bpf_get_current_pid_tgid();
+		call.cmd = (__u16)cmd;
+		if (bpf_map_update_elem(&ew_map_calls, &id, &call, BPF_ANY))
+			ew_count_lost(EW_PROBE_MAP);
+		return 0;
+	}
+	if (!ew_is_map_cmd(cmd))
+		return 0;
+	id = bpf_get_current_pid_tgid();
+	fd = ew_map_args(cmd, ctx->args[1], &call);
+	map = ew_fd_to_map_core(fd, &call);
+	ew_map_hash(cmd, ctx->args[1], map, &call);
+	call.start_ns = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&ew_map_calls, &id, &call, BPF_ANY))
+		ew_count_lost(EW_PROBE_MAP);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_bpf")
+int ew_maph_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	/* Loaded once, up front: the compiler would otherwise merge the two
+	 * branches' loads into one through a modified ctx pointer, which the
+	 * verifier refuses. */
+	long ret = ctx->ret;
+	__u64 id;
+	struct ew_map_call *call;
+
+	asm volatile("" : "+r"(ret));
+	id = bpf_get_current_pid_tgid();
+	call = bpf_map_lookup_elem(&ew_map_calls, &id);
+	if (!call)
+		return 0;
+	if (ew_is_change_cmd(call->cmd)) {
+		if (ret >= 0)
+			ew_emit_change(call->cmd);
+	} else {
+		ew_map_emit(call, ret);
+	}
+	bpf_map_delete_elem(&ew_map_calls, &id);
 	return 0;
 }
 

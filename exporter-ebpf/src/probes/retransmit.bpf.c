@@ -29,6 +29,12 @@
  * kernels the verifier refuses that load and user space falls back to the
  * classic tracepoints, which handle both layouts.
  *
+ * cgroup_id: a retransmit runs in softirq (timers, incoming ACKs) or in
+ * process context while a task releases the socket's lock and processes
+ * its backlog (release_sock), where `current` is the socket's owner. The
+ * socket lock's `owned` flag tells the two apart: softirq code defers to
+ * the owner instead of running while a task holds the socket. 0 in softirq.
+ *
  * Compiled with every other probe file of src/probes/ into one object (build.rs).
  */
 
@@ -65,6 +71,12 @@ static __always_inline void ew_rtx_addr(struct ew_retransmit *e, __u16 family,
 	}
 }
 
+/* The acting task's cgroup when a task holds the socket, else 0. */
+static __always_inline __u64 ew_rtx_cgroup(int owned)
+{
+	return owned ? bpf_get_current_cgroup_id() : 0;
+}
+
 SEC("tracepoint/tcp/tcp_retransmit_skb")
 int ew_retransmit_skb(void *ctx)
 {
@@ -77,6 +89,8 @@ int ew_retransmit_skb(void *ctx)
 	if (bpf_core_type_exists(struct trace_event_raw_tcp_retransmit_skb)) {
 		struct trace_event_raw_tcp_retransmit_skb *c = ctx;
 
+		e->cgroup_id = ew_rtx_cgroup(BPF_CORE_READ((struct sock *)c->skaddr, sk_lock.owned));
+
 		e->err = c->err;
 		e->flags = EW_RTX_HAS_ERR;
 		e->segs = ew_skb_pcount(c->skbaddr);
@@ -87,6 +101,8 @@ int ew_retransmit_skb(void *ctx)
 		ew_rtx_addr(e, c->family, c->daddr, c->daddr_v6);
 	} else {
 		struct trace_event_raw_tcp_event_sk_skb___old *c = ctx;
+
+		e->cgroup_id = ew_rtx_cgroup(BPF_CORE_READ((struct sock *)c->skaddr, sk_lock.owned));
 
 		e->err = 0;
 		e->flags = 0;
@@ -109,6 +125,7 @@ int ew_retransmit_synack(struct trace_event_raw_tcp_retransmit_synack *ctx)
 	e = ew_reserve(EW_PROBE_RETRANSMIT, EW_KIND_RETRANSMIT, sizeof(*e));
 	if (!e)
 		return 0;
+	e->cgroup_id = 0; /* the request socket's timer, always softirq */
 	e->err = 0;
 	e->segs = 1;
 	e->family = ctx->family;
@@ -122,32 +139,43 @@ int ew_retransmit_synack(struct trace_event_raw_tcp_retransmit_synack *ctx)
 	return 0;
 }
 
-/* Fills the peer fields of `e` from a socket or request socket's common part. */
+/* Fills the peer fields of `e` from a socket or request socket's common
+ * part, with BTF-typed direct loads (tp_btf). */
 static __always_inline void ew_rtx_from_common(struct ew_retransmit *e, struct sock_common *c)
 {
-	__u16 family = BPF_CORE_READ(c, skc_family);
+	__u16 family = c->skc_family;
 
 	e->family = family;
-	e->sport = BPF_CORE_READ(c, skc_num);
-	e->dport = __builtin_bswap16(BPF_CORE_READ(c, skc_dport));
-	ew_rtx_addr(e, family, (const __u8 *)__builtin_preserve_access_index(&c->skc_daddr),
-		    (const __u8 *)__builtin_preserve_access_index(&c->skc_v6_daddr));
+	e->sport = c->skc_num;
+	e->dport = __builtin_bswap16(c->skc_dport);
+	if (family == AF_INET6) {
+		const __u64 *a = (const __u64 *)&c->skc_v6_daddr;
+
+		*(__u64 *)&e->daddr[0] = a[0];
+		*(__u64 *)&e->daddr[8] = a[1];
+	} else {
+		*(__u32 *)&e->daddr[0] = c->skc_daddr;
+		*(__u32 *)&e->daddr[4] = 0;
+		*(__u64 *)&e->daddr[8] = 0;
+	}
 }
 
 SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(ew_retransmit_skb_btf, struct sock *sk, struct sk_buff *skb, int err)
 {
+	struct tcp_skb_cb *cb = (struct tcp_skb_cb *)&skb->cb[0];
 	struct ew_retransmit *e;
 
 	e = ew_reserve(EW_PROBE_RETRANSMIT, EW_KIND_RETRANSMIT, sizeof(*e));
 	if (!e)
 		return 0;
+	e->cgroup_id = ew_rtx_cgroup(sk->sk_lock.owned);
 	e->_pad = 0;
 	e->err = err;
 	e->flags = EW_RTX_HAS_ERR;
-	e->segs = ew_skb_pcount(skb);
-	e->state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	ew_rtx_from_common(e, __builtin_preserve_access_index(&sk->__sk_common));
+	e->segs = cb->tcp_gso_segs;
+	e->state = sk->__sk_common.skc_state;
+	ew_rtx_from_common(e, &sk->__sk_common);
 	ew_submit(e);
 	return 0;
 }
@@ -160,12 +188,13 @@ int BPF_PROG(ew_retransmit_synack_btf, struct sock *sk, struct request_sock *req
 	e = ew_reserve(EW_PROBE_RETRANSMIT, EW_KIND_RETRANSMIT, sizeof(*e));
 	if (!e)
 		return 0;
+	e->cgroup_id = 0; /* the request socket's timer, always softirq */
 	e->_pad = 0;
 	e->err = 0;
 	e->segs = 1;
 	e->state = TCP_SYN_RECV;
 	e->flags = EW_RTX_SYNACK;
-	ew_rtx_from_common(e, __builtin_preserve_access_index(&req->__req_common));
+	ew_rtx_from_common(e, &req->__req_common);
 	ew_submit(e);
 	return 0;
 }

@@ -217,7 +217,7 @@ impl Doctor {
             op.tgid,
             op.hdr.ts_ns,
         );
-        if ok == 0 || op.map_type == STRUCT_OPS {
+        if ok == 0 || u32::from(op.map_type) == STRUCT_OPS {
             return;
         }
         let Some(snapshot) = self.refs.judge_at(op.hdr.ts_ns) else {
@@ -362,7 +362,7 @@ mod tests {
         (Doctor::register(&mut registry, &ctx), registry)
     }
 
-    fn write(d: &mut Doctor, map_id: u32, map_type: u32, ok: u64) {
+    fn write(d: &mut Doctor, map_id: u32, map_type: u16, ok: u64) {
         let mut op = MapOp::zeroed();
         op.map_id = map_id;
         op.map_type = map_type;
@@ -390,7 +390,7 @@ mod tests {
         write(&mut d, 2, 1, 4); // unused
         write(&mut d, 2, 1, 0); // unused, but nothing took effect
         write(&mut d, 9, 1, 2); // created after the snapshot: unused
-        write(&mut d, 3, STRUCT_OPS, 1); // struct_ops: left out
+        write(&mut d, 3, STRUCT_OPS as u16, 1); // struct_ops: left out
         assert_eq!(unreferenced(&d, 1), 0);
         assert_eq!(unreferenced(&d, 2), 4);
         assert_eq!(unreferenced(&d, 9), 2);

@@ -218,7 +218,7 @@ impl MapAggregator {
         if op.map_id == 0 {
             "unknown"
         } else {
-            map_type_name(op.map_type)
+            map_type_name(u32::from(op.map_type))
         }
     }
 
@@ -255,7 +255,7 @@ impl MapAggregator {
     fn count(&mut self, op: &MapOp, update: bool, ret: i32, n: u64) {
         let key = OpKey {
             map_id: op.map_id,
-            map_type: op.map_type,
+            map_type: u32::from(op.map_type),
             update,
             ret,
             map_name: op.map_name,

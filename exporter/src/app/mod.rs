@@ -206,7 +206,6 @@ pub struct Agent {
     pub elem_count: Option<Result<Option<u64>, String>>,
     /// The tracing object; dropping it detaches every probe.
     pub bpf: Arc<Mutex<Ebpf>>,
-    _stats: Option<std::os::fd::OwnedFd>,
 }
 
 impl Agent {
@@ -245,20 +244,6 @@ impl Agent {
         .context("opening ew_lost")?;
         let ring = RingBuf::try_from(bpf.take_map("ew_events").context("map ew_events missing")?)
             .context("opening the ring buffer")?;
-
-        // Program statistics for the inventory: fd-scoped, the sysctl stays
-        // untouched, and the kernel stops counting when edgewatch exits.
-        let stats = if settings.enable_stats {
-            match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-                Ok(fd) => Some(fd),
-                Err(e) => {
-                    tracing::warn!(error = %e, "BPF_ENABLE_STATS failed: program run counts will not move");
-                    None
-                }
-            }
-        } else {
-            None
-        };
 
         let xdp_metrics = XdpMetrics::default();
         let mut datapath = (!settings.xdp_interfaces.is_empty()).then(|| {
@@ -300,7 +285,6 @@ impl Agent {
             iterator: sources.iterator,
             elem_count: sources.elem_count,
             bpf,
-            _stats: stats,
         })
     }
 
@@ -324,11 +308,23 @@ fn load(settings: &Settings) -> Result<Ebpf> {
             bpfobj::SUM_ELEM_COUNT
         );
     }
-    let (object, _) = bpfobj::patch_kfunc(edgewatch_ebpf::edgewatch(), kfunc);
-    EbpfLoader::new()
-        .map_max_entries("ew_events", settings.ringbuf_size)
-        .override_global("ew_wakeup_bytes", &settings.wakeup_bytes, true)
-        .override_global("ew_map_hashes", &u32::from(settings.map_key_hashes), true)
-        .load(&object)
+    let load = |object: &[u8]| {
+        let (object, _) = bpfobj::patch_kfunc(object, kfunc);
+        EbpfLoader::new()
+            .map_max_entries("ew_events", settings.ringbuf_size)
+            .override_global("ew_wakeup_bytes", &settings.wakeup_bytes, true)
+            .override_global("ew_map_hashes", &u32::from(settings.map_key_hashes), true)
+            // ew_map_task is a task-storage map, which aya 0.14 has no type for.
+            .allow_unsupported_maps()
+            .load(&object)
+    };
+    load(edgewatch_ebpf::edgewatch())
+        .or_else(|e| {
+            // Kernels before 5.11 cannot create task storage: the compat
+            // build has a hash of the same name there, and the map probe
+            // falls back to its hash path (probe/map.rs).
+            tracing::info!(error = %e, "loading the BPF object failed; trying its compat build");
+            load(edgewatch_ebpf::edgewatch_compat())
+        })
         .context("loading the BPF object")
 }

@@ -15,6 +15,7 @@ use crate::{
     config::Settings,
     export,
     pipeline::{FlushHandle, Pipeline},
+    scrape,
     telemetry::Telemetry,
     vocab::spans::SpanSink,
     web,
@@ -121,7 +122,7 @@ fn restart_only(old: &Settings, new: &Settings) -> Vec<&'static str> {
             "ringbuf.flush_interval_ms",
             old.flush_interval != new.flush_interval,
         ),
-        ("bpf.enable_stats", old.enable_stats != new.enable_stats),
+        ("bpf.enable_stats", old.bpf_stats != new.bpf_stats),
         ("xdp.interfaces", old.xdp_interfaces != new.xdp_interfaces),
         ("xdp.mode", old.xdp_mode != new.xdp_mode),
         (
@@ -215,11 +216,7 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
         None => None,
     };
     let Agent {
-        wiring,
-        ring,
-        bpf,
-        _stats,
-        ..
+        wiring, ring, bpf, ..
     } = agent;
     let (pipeline, flush) = Pipeline::new(ring, wiring.dispatcher, settings.flush_interval)
         .context("registering the ring buffer with tokio")?;
@@ -230,6 +227,14 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
     let (consumer_stop, consumer_stop_rx) = watch::channel(false);
     let consumer = tokio::spawn(pipeline.run(consumer_stop_rx));
     let mut registry = wiring.registry;
+    // Program statistics, off unless asked (they cost every BPF program on
+    // the host while held): see scrape/bpfstats.rs.
+    let stats = scrape::bpfstats::spawn(
+        settings.bpf_stats,
+        scrape::bpfstats::KernelStats,
+        &mut registry,
+        stop_rx.clone(),
+    );
     let web = Arc::new(
         web::Web::new(
             settings.web_config_file.as_deref(),
@@ -336,13 +341,13 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
         o.stop().await;
     }
     let _ = stop_tx.send(true);
+    let _ = stats.await;
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server stopped with an error"),
         Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
     }
     drop(bpf); // detaches every program
-    drop(_stats);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -114,6 +114,55 @@ impl std::fmt::Display for Hook {
 pub struct Link {
     pub mode: AttachMode,
     pub hooks: &'static [Hook],
+    /// Whether its programs use `bpf_get_current_task_btf`, task storage
+    /// or `bpf_task_pt_regs` (5.11+, 5.15+): the fast paths, which
+    /// `attach.disable: [task_btf]` skips so that the old kernels' paths
+    /// can be tested on a new one. Reported under `mode` all the same.
+    pub task_btf: bool,
+}
+
+/// What `attach.disable` can turn off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disable {
+    /// Every link of this mode.
+    Mode(AttachMode),
+    /// Every link whose programs need task BTF helpers ([`Link::task_btf`]).
+    TaskBtf,
+}
+
+impl Disable {
+    /// Every name `attach.disable` accepts.
+    pub fn names() -> Vec<&'static str> {
+        AttachMode::DISABLEABLE
+            .iter()
+            .map(|m| m.as_str())
+            .chain(["task_btf"])
+            .collect()
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        if name == "task_btf" {
+            return Some(Self::TaskBtf);
+        }
+        AttachMode::parse_disableable(name).map(Self::Mode)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mode(m) => m.as_str(),
+            Self::TaskBtf => "task_btf",
+        }
+    }
+}
+
+impl Link {
+    /// The entry of `disabled` that rules this link out, if any.
+    pub fn disabled_by(&self, disabled: &[Disable]) -> Option<Disable> {
+        disabled.iter().copied().find(|d| match d {
+            Disable::Mode(m) => *m == self.mode,
+            Disable::TaskBtf => self.task_btf,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,15 +224,17 @@ pub fn attach_chain(
     bpf: &mut Ebpf,
     probe: &str,
     chain: &[Link],
-    disabled: &[AttachMode],
+    disabled: &[Disable],
 ) -> Result<AttachMode, ProbeError> {
     let mut btf: Option<Btf> = None;
     let mut last = ProbeError::AllDisabled;
     for (i, link) in chain.iter().enumerate() {
-        if disabled.contains(&link.mode) {
+        if let Some(d) = link.disabled_by(disabled) {
             tracing::info!(
                 probe,
                 mode = link.mode.as_str(),
+                task_btf = link.task_btf,
+                disabled = d.as_str(),
                 "disabled by attach.disable"
             );
             continue;
@@ -192,11 +243,16 @@ pub fn attach_chain(
             Ok(()) => return Ok(link.mode),
             Err(e) => {
                 undo(bpf, link);
-                if let Some(next) = chain[i + 1..].iter().find(|l| !disabled.contains(&l.mode)) {
+                if let Some(next) = chain[i + 1..]
+                    .iter()
+                    .find(|l| l.disabled_by(disabled).is_none())
+                {
                     tracing::info!(
                         probe,
                         mode = link.mode.as_str(),
+                        task_btf = link.task_btf,
                         next = next.mode.as_str(),
+                        next_task_btf = next.task_btf,
                         reason = %error_chain(&e),
                         "attach mode unavailable; falling back"
                     );
@@ -326,5 +382,29 @@ mod tests {
         );
         assert_eq!(AttachMode::parse_disableable("tracepoint"), None);
         assert!(!AttachMode::Tracepoint.can_disable());
+        assert_eq!(Disable::parse("task_btf"), Some(Disable::TaskBtf));
+        assert_eq!(
+            Disable::parse("kprobe"),
+            Some(Disable::Mode(AttachMode::Kprobe))
+        );
+        assert_eq!(Disable::parse("tracepoint"), None);
+    }
+
+    #[test]
+    fn task_btf_rules_out_only_the_links_that_need_it() {
+        let fast = Link {
+            mode: AttachMode::Tracepoint,
+            hooks: &[],
+            task_btf: true,
+        };
+        let slow = Link {
+            task_btf: false,
+            ..fast
+        };
+        let off = [Disable::TaskBtf];
+        assert_eq!(fast.disabled_by(&off), Some(Disable::TaskBtf));
+        assert_eq!(slow.disabled_by(&off), None);
+        let tp = [Disable::Mode(AttachMode::Tracepoint)];
+        assert!(slow.disabled_by(&tp).is_some());
     }
 }

@@ -4,7 +4,9 @@
 //! aggregation: aggregate/connect.rs.
 //!
 //! The syscall hooks are per-syscall tracepoints (they cost other syscalls
-//! nothing). The handshake hook is `tp_btf/inet_sock_set_state` where the
+//! nothing): `sys_exit_connect` alone on 5.15+, which reads the address
+//! from the caller's saved registers (`bpf_task_pt_regs`), else
+//! `sys_enter_connect` too, with a hash between them. The handshake hook is `tp_btf/inet_sock_set_state` where the
 //! kernel has BTF-enabled raw tracepoints (5.5+), which skips building the
 //! classic tracepoint's record on every socket state change on the host;
 //! otherwise the classic `sock:inet_sock_set_state`. The attach mode
@@ -28,6 +30,21 @@ const EXIT: Hook = Hook::Tracepoint {
     category: "syscalls",
     name: "sys_exit_connect",
 };
+/// The exit alone (5.15+).
+const RET: Hook = Hook::Tracepoint {
+    program: "ew_connect_ret",
+    category: "syscalls",
+    name: "sys_exit_connect",
+};
+const STATE_BTF: Hook = Hook::TpBtf {
+    program: "ew_sock_state_btf",
+    event: "inet_sock_set_state",
+};
+const STATE_TP: Hook = Hook::Tracepoint {
+    program: "ew_sock_state_tp",
+    category: "sock",
+    name: "inet_sock_set_state",
+};
 
 pub const PROBE: ProbeDef<ConnectAggregator> = ProbeDef {
     name: "connect",
@@ -37,26 +54,23 @@ pub const PROBE: ProbeDef<ConnectAggregator> = ProbeDef {
     chain: &[
         Link {
             mode: AttachMode::TpBtf,
-            hooks: &[
-                ENTER,
-                EXIT,
-                Hook::TpBtf {
-                    program: "ew_sock_state_btf",
-                    event: "inet_sock_set_state",
-                },
-            ],
+            hooks: &[RET, STATE_BTF],
+            task_btf: true,
+        },
+        Link {
+            mode: AttachMode::TpBtf,
+            hooks: &[ENTER, EXIT, STATE_BTF],
+            task_btf: false,
         },
         Link {
             mode: AttachMode::Tracepoint,
-            hooks: &[
-                ENTER,
-                EXIT,
-                Hook::Tracepoint {
-                    program: "ew_sock_state_tp",
-                    category: "sock",
-                    name: "inet_sock_set_state",
-                },
-            ],
+            hooks: &[RET, STATE_TP],
+            task_btf: true,
+        },
+        Link {
+            mode: AttachMode::Tracepoint,
+            hooks: &[ENTER, EXIT, STATE_TP],
+            task_btf: false,
         },
     ],
     aggregator: ConnectAggregator::register,
@@ -67,6 +81,7 @@ pub const PROBE: ProbeDef<ConnectAggregator> = ProbeDef {
 fn call(ret: i32, family: u16, comm: &str) -> Vec<u8> {
     bytes(&ConnectCall {
         hdr: hdr::<ConnectCall>(),
+        cgroup_id: 0,
         tgid: 42,
         pid: 42,
         ret,
@@ -80,6 +95,7 @@ fn handshake(newstate: u16, sk_err: i32, duration_ns: u64, comm: &str) -> Vec<u8
     bytes(&TcpConnect {
         hdr: hdr::<TcpConnect>(),
         duration_ns,
+        cgroup_id: 0,
         tgid: 42,
         sk_err,
         family: libc::AF_INET as u16,

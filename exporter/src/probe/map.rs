@@ -10,6 +10,12 @@
 //! 1. fentry/fexit on `__sys_bpf` (5.5+, BPF trampolines);
 //! 2. kprobe/kretprobe on `__sys_bpf` (CONFIG_KPROBES);
 //! 3. `syscalls:sys_enter_bpf`/`sys_exit_bpf` (always there).
+//!
+//! Each keeps the call in flight in task storage and resolves the fd with
+//! BTF-typed loads (5.11+); where the kernel refuses that, the tracepoints
+//! again with a hash and CO-RE reads (`ew_maph_*`), reported as mode
+//! `tracepoint` too. Kernels without task storage cannot even create the
+//! map: the loader then takes the object's compat build (bpfobj.rs).
 
 use edgewatch_common::{BpfChange, MapOp, PROBE_MAP};
 use prometheus_client::collector::Collector;
@@ -44,6 +50,7 @@ pub const PROBE: ProbeDef<MapAggregator> = ProbeDef {
                     function: TARGET,
                 },
             ],
+            task_btf: true,
         },
         Link {
             mode: AttachMode::Kprobe,
@@ -57,6 +64,7 @@ pub const PROBE: ProbeDef<MapAggregator> = ProbeDef {
                     function: TARGET,
                 },
             ],
+            task_btf: true,
         },
         Link {
             mode: AttachMode::Tracepoint,
@@ -72,6 +80,23 @@ pub const PROBE: ProbeDef<MapAggregator> = ProbeDef {
                     name: "sys_exit_bpf",
                 },
             ],
+            task_btf: true,
+        },
+        Link {
+            mode: AttachMode::Tracepoint,
+            hooks: &[
+                Hook::Tracepoint {
+                    program: "ew_maph_enter",
+                    category: "syscalls",
+                    name: "sys_enter_bpf",
+                },
+                Hook::Tracepoint {
+                    program: "ew_maph_exit",
+                    category: "syscalls",
+                    name: "sys_exit_bpf",
+                },
+            ],
+            task_btf: false,
         },
     ],
     aggregator: MapAggregator::register,
@@ -86,18 +111,20 @@ fn inventory(sources: &mut dyn Sources, telemetry: &Telemetry) -> Box<dyn Collec
     ))
 }
 
-fn op(cmd: u16, ret: i32, requested: u32, count: u32, id: u32, ty: u32, map: &str) -> Vec<u8> {
+fn op(cmd: u16, ret: i32, requested: u32, count: u32, id: u32, ty: u16, map: &str) -> Vec<u8> {
     bytes(&MapOp {
         hdr: hdr::<MapOp>(),
         duration_ns: 1500,
+        cgroup_id: 0,
         map_id: id,
-        map_type: ty,
         tgid: 7,
         ret,
         count,
         requested,
+        map_type: ty,
         cmd,
         hashed: 0,
+        _pad: 0,
         _pad2: 0,
         map_name: name(map),
         comm: name("cilium-agent"),

@@ -16,7 +16,7 @@ pub mod retransmit;
 use edgewatch_common::RingRecord;
 use prometheus_client::{collector::Collector, registry::Registry};
 
-pub use self::attach::{AttachMode, Hook, Link, ProbeError, attach_chain, error_chain};
+pub use self::attach::{AttachMode, Disable, Hook, Link, ProbeError, attach_chain, error_chain};
 use crate::{
     aggregate::{self, OnRecord, Reconfigure},
     scrape::Sources,

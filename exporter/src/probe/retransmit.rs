@@ -32,6 +32,7 @@ pub const PROBE: ProbeDef<RetransmitAggregator> = ProbeDef {
                     event: "tcp_retransmit_synack",
                 },
             ],
+            task_btf: false,
         },
         Link {
             mode: AttachMode::Tracepoint,
@@ -47,6 +48,7 @@ pub const PROBE: ProbeDef<RetransmitAggregator> = ProbeDef {
                     name: "tcp_retransmit_synack",
                 },
             ],
+            task_btf: false,
         },
     ],
     aggregator: RetransmitAggregator::register,
@@ -57,6 +59,7 @@ pub const PROBE: ProbeDef<RetransmitAggregator> = ProbeDef {
 fn rtx(flags: u8, err: i32, segs: u16, state: u8, last_octet: u8) -> Vec<u8> {
     bytes(&Retransmit {
         hdr: hdr::<Retransmit>(),
+        cgroup_id: 0,
         err,
         segs,
         family: libc::AF_INET as u16,

@@ -11,7 +11,7 @@
 //!
 //! Program statistics are the kernel's own (`run_cnt`, `run_time_ns`),
 //! which it keeps only while someone holds BPF_ENABLE_STATS; edgewatch
-//! holds it for its lifetime unless `bpf.enable_stats` is false.
+//! holds it only when asked (`bpf.enable_stats`, see scrape/bpfstats.rs).
 //!
 //! Before 6.6 the hash-table types are counted by walking them
 //! (elemcount.rs) within a per-scrape budget; a map past it has

@@ -8,6 +8,7 @@
 //! ([`kernel::KernelSources`]), fixed numbers in the golden test, so the
 //! golden exposition runs the binary's real wiring.
 
+pub mod bpfstats;
 pub mod elemcount;
 pub mod inventory;
 pub mod kernel;

@@ -17,10 +17,10 @@ use super::{
     fixture::{bytes, hdr, name},
 };
 use crate::{
-    aggregate::{Context, OnRecord},
+    aggregate::{Context, OnRecord, Reconfigure},
     vocab::{
         kernel::name_label,
-        labels::{Foldable, OptLabels, SeriesCap},
+        labels::{Foldable, OptInLabels, OptLabels, SeriesCap},
     },
 };
 
@@ -36,6 +36,7 @@ pub const PROBE: ProbeDef<@CAMEL@Aggregator> = ProbeDef {
             category: "@CATEGORY@",
             name: "@EVENT@",
         }],
+        task_btf: false,
     }],
     aggregator: @CAMEL@Aggregator::register,
     collector: None,
@@ -88,6 +89,14 @@ impl @CAMEL@Aggregator {
             ctx: ctx.clone(),
             events,
         }
+    }
+}
+
+impl Reconfigure for @CAMEL@Aggregator {
+    fn reconfigure(&mut self, labels: OptInLabels, series_limit: usize) {
+        self.ctx.labels = labels;
+        self.ctx.series_limit = series_limit;
+        self.cap.set_limit(series_limit);
     }
 }
 

@@ -13,6 +13,8 @@
 //! its slot in the counters, so the blocklist is one pair of tries however
 //! many interfaces there are.
 
+pub mod gate;
+
 use std::{
     collections::BTreeSet,
     net::IpAddr,
@@ -161,6 +163,10 @@ pub struct Blocklist {
     path: Option<PathBuf>,
     v4: LpmTrie<MapData, [u8; 4], u8>,
     v6: LpmTrie<MapData, [u8; 16], u8>,
+    gate: gate::GateMaps,
+    /// Whether the program consults the blocklist at all: decided at load
+    /// (no file at start: it skips it, and the pre-filter is not allocated).
+    enabled: bool,
     current: BTreeSet<IpNet>,
     entries: Family<FamilyLabel, Gauge>,
     reloads: Family<ResultLabel, Counter>,
@@ -199,17 +205,28 @@ impl Blocklist {
     fn apply(&mut self, wanted: &BTreeSet<IpNet>) -> Result<(usize, usize), String> {
         let remove: Vec<IpNet> = self.current.difference(wanted).copied().collect();
         let add: Vec<IpNet> = wanted.difference(&self.current).copied().collect();
-        for net in &remove {
+        let tries = self.apply_tries(&remove, &add);
+        // The pre-filter follows what the tries hold, also after an error.
+        let gate = self
+            .gate
+            .sync(&self.current)
+            .map_err(|e| format!("writing the blocklist pre-filter: {e}"));
+        self.update_gauges();
+        tries.and(gate)?;
+        Ok((add.len(), remove.len()))
+    }
+
+    fn apply_tries(&mut self, remove: &[IpNet], add: &[IpNet]) -> Result<(), String> {
+        for net in remove {
             self.remove(net)
                 .map_err(|e| format!("removing {net}: {e}"))?;
             self.current.remove(net);
         }
-        for net in &add {
+        for net in add {
             self.insert(net).map_err(|e| format!("adding {net}: {e}"))?;
             self.current.insert(*net);
         }
-        self.update_gauges();
-        Ok((add.len(), remove.len()))
+        Ok(())
     }
 
     fn update_gauges(&self) {
@@ -228,7 +245,19 @@ impl Blocklist {
     }
 
     /// The file the list comes from, if any (a config reload may change it).
+    /// A datapath loaded without a blocklist skips it in the kernel: a file
+    /// configured later takes a restart, which is logged and counted as a
+    /// rejected reload.
     pub fn set_path(&mut self, path: Option<PathBuf>) {
+        if !self.enabled && path.is_some() {
+            self.reloads
+                .get_or_create(&ResultLabel { result: "error" })
+                .inc();
+            tracing::error!(
+                "xdp.blocklist_file: edgewatch started without a blocklist, so its XDP program skips it; restart to use one"
+            );
+            return;
+        }
         self.path = path;
     }
 
@@ -309,7 +338,20 @@ pub fn start(
             edgewatch_common::XDP_MAX_IFACES,
         ));
     }
-    let mut bpf = Ebpf::load(edgewatch_ebpf::xdp())?;
+    // Without a blocklist nothing can be blocked: the program skips the
+    // pre-filter and the tries, and the pre-filter's 4 MiB are not allocated.
+    let blocklist_mode = if blocklist.is_some() {
+        edgewatch_common::BLOCKLIST_GATE
+    } else {
+        edgewatch_common::BLOCKLIST_OFF
+    };
+    let mut loader = aya::EbpfLoader::new();
+    loader.override_global("ew_blocklist_mode", &blocklist_mode, true);
+    if blocklist.is_none() {
+        loader.map_max_entries("ew_gate_v4", 1);
+        loader.map_max_entries("ew_gate_v6", 1);
+    }
+    let mut bpf = loader.load(edgewatch_ebpf::xdp())?;
     let attached = metrics.attached.clone();
 
     let mut slots: BpfHashMap<MapData, u32, u32> =
@@ -319,6 +361,8 @@ pub fn start(
             .insert(ifindex, slot as u32, 0)
             .map_err(|e| XdpError::Map("ew_xdp_ifslot", e))?;
     }
+    gate::fill_ifcache(&mut bpf, interfaces).map_err(|(name, e)| XdpError::Map(name, e))?;
+    let gate = gate::GateMaps::take(&mut bpf).map_err(|(name, e)| XdpError::Map(name, e))?;
     let stats: PerCpuArray<MapData, [u64; 2]> =
         take(&mut bpf, "ew_xdp_stats", PerCpuArray::try_from)?;
     let v4 = take(&mut bpf, "ew_block_v4", LpmTrie::try_from)?;
@@ -378,6 +422,8 @@ pub fn start(
         path: None,
         v4,
         v6,
+        gate,
+        enabled: blocklist.is_some(),
         current: BTreeSet::new(),
         entries: metrics.entries.clone(),
         reloads: metrics.reloads.clone(),

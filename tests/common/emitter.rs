@@ -1,0 +1,131 @@
+//! The benchmark emitter (exporter-ebpf/src/bench.bpf.c) loaded beside a
+//! running edgewatch: it writes map-operation records into that edgewatch's
+//! own ring buffer, with edgewatch's submit policy, as fast as
+//! BPF_PROG_TEST_RUN with repeat runs it. Records name the map `name`, so
+//! the consumer counts them apart; losses count in
+//! `ew_lost[PROBE_BENCH]`.
+
+#![allow(dead_code, reason = "each test binary uses a different part")]
+
+use std::path::PathBuf;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, MapInfo, PerCpuArray},
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use edgewatch_common::PROBE_BENCH;
+
+/// The maps of process `pid` named `name` (ids from its fds).
+fn map_id_of(pid: u32, name: &str) -> u32 {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo");
+    let mut ids: Vec<u32> = dir
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.into_iter()
+        .find(|id| {
+            MapInfo::from_id(*id)
+                .ok()
+                .is_some_and(|i| i.name_as_str() == Some(name))
+        })
+        .unwrap_or_else(|| panic!("process {pid} holds no map named {name}"))
+}
+
+pub struct Emitter {
+    bpf: Ebpf,
+    dir: PathBuf,
+}
+
+impl Emitter {
+    /// Loads the emitter into the ring buffer of the edgewatch process
+    /// `pid`; its records name the map `name` (at most 15 bytes).
+    pub fn attach_to(pid: u32, name: &str) -> Self {
+        assert!(name.len() < 16);
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/ew-emitter-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("bpffs directory (is bpffs mounted?)");
+        for map in ["ew_events", "ew_lost"] {
+            MapData::from_id(map_id_of(pid, map))
+                .expect("open the map by id")
+                .pin(dir.join(map))
+                .expect("pin");
+        }
+        let mut name16 = [0u8; 16];
+        name16[..name.len()].copy_from_slice(name.as_bytes());
+        let events = dir.join("ew_events");
+        let lost = dir.join("ew_lost");
+        let mut bpf = EbpfLoader::new()
+            .map_pin_path("ew_events", &events)
+            .map_pin_path("ew_lost", &lost)
+            .override_global("ew_bench_name", &name16, true)
+            .load(edgewatch_ebpf::bench())
+            .expect("loading the emitter");
+        let prog: &mut Xdp = bpf
+            .program_mut("ew_bench_emit")
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        prog.load().expect("load");
+        // The loaded object holds the maps now; the pins are not needed.
+        let _ = std::fs::remove_dir_all(&dir);
+        Self { bpf, dir }
+    }
+
+    /// Emits `repeat` records on the calling thread's CPU (one
+    /// BPF_PROG_TEST_RUN).
+    pub fn run(&self, repeat: u32) {
+        let prog: &Xdp = self
+            .bpf
+            .program("ew_bench_emit")
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        let frame = [0u8; 64];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&frame);
+        opts.repeat = repeat;
+        let r = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        assert_eq!(r.return_value, 2, "XDP_PASS");
+    }
+
+    /// Records the kernel could not reserve for the emitter, summed over CPUs.
+    pub fn lost(&self) -> u64 {
+        let map = self.bpf.map("ew_lost").expect("ew_lost");
+        let lost: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).expect("percpu array");
+        lost.get(&PROBE_BENCH, 0).expect("read").iter().sum()
+    }
+}
+
+impl Drop for Emitter {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it, and
+    // sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}

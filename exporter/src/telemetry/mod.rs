@@ -54,6 +54,9 @@ pub struct Telemetry {
     pub export_errors: Family<ExportErrorLabels, Counter>,
     pub spans_dropped: Counter,
     pub config_reloads: Family<ResultLabel, Counter>,
+    /// cgroup id lookups by result (registered by `crate::workload` when
+    /// workload resolution is on).
+    pub workload_lookups: Family<ResultLabel, Counter>,
     /// Shared by every internal event: how often each may log.
     pub(crate) log_limit: Arc<events::RateLimit>,
 }

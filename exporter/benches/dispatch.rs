@@ -60,6 +60,7 @@ fn dispatch_ns(labels: &[&str], spans: bool, recs: &[Vec<u8>], rounds: usize) ->
         series_dropped: telemetry.series_dropped.clone(),
         clock: Clock::now(),
         spans: sink.clone(),
+        workloads: edgewatch::workload::Workloads::off(),
     };
     let connect: &'static dyn Probe = &probe::connect::PROBE;
     let mut d = Dispatcher::new(

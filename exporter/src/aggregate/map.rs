@@ -9,8 +9,8 @@
 //! one element under the error.
 //!
 //! Worst-case series: maps x (9 results) for updates and deletes, capped at
-//! `metrics.series_limit` label sets per family (past it, map_id, map_name
-//! and comm read `_overflow`); the duration histogram has one series per
+//! `metrics.series_limit` label sets per family (past it, map_id, map_name,
+//! comm and the workload labels read `_overflow`); the duration histogram has one series per
 //! map type (about 35); the last-update gauge one per map, same cap.
 
 use std::sync::Arc;
@@ -77,8 +77,9 @@ pub fn elements(op: &MapOp) -> Vec<(&'static str, u64)> {
     out
 }
 
-/// Labels of the update and delete counters (opt-in: `comm`). The map's id
-/// and name are high-cardinality too: past the cap they fold with `comm`.
+/// Labels of the update and delete counters (opt-in: `comm` and the
+/// workload labels). The map's id and name are high-cardinality too: past
+/// the cap they fold with the opt-in labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
     pub map_id: Arc<str>,
@@ -136,6 +137,7 @@ struct OpKey {
     ret: i32,
     map_name: [u8; 16],
     comm: [u8; COMM_LEN],
+    cgroup: u64,
 }
 
 /// A map's last-update gauge, by its raw fields.
@@ -226,10 +228,13 @@ impl MapAggregator {
             map_name: name_label(&op.map_name),
             map_type: Self::type_label(op),
             result,
-            opt: OptLabels {
-                comm: self.ctx.labels.comm.then(|| name_label(&op.comm)),
-                ..OptLabels::default()
-            },
+            opt: self.ctx.with_workload(
+                OptLabels {
+                    comm: self.ctx.labels.comm.then(|| name_label(&op.comm)),
+                    ..OptLabels::default()
+                },
+                key.cgroup,
+            ),
         };
         let (family, cap) = if key.update {
             (&self.updates, &mut self.updates_cap)
@@ -257,6 +262,7 @@ impl MapAggregator {
             } else {
                 [0; COMM_LEN]
             },
+            cgroup: self.ctx.workload_key(op),
         };
         if let Some(h) = self.op_handles.peek(&key) {
             h.handle.inc_by(n);
@@ -315,6 +321,7 @@ impl MapAggregator {
             start_unix_ns: end.saturating_sub(op.duration_ns),
             end_unix_ns: end,
             source: SpanSource::MapCall(*op),
+            workload: self.ctx.span_workload(op),
         });
     }
 }

@@ -154,6 +154,8 @@ impl Otlp {
 struct Shared {
     telemetry: Telemetry,
     spans: SpanSink,
+    /// Whether workload resolution was started (its metrics exist).
+    workloads: bool,
 }
 
 fn otlp_changed(old: &Settings, new: &Settings) -> bool {
@@ -205,6 +207,7 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
     let shared = Shared {
         telemetry: wiring.telemetry,
         spans: wiring.spans,
+        workloads: wiring.workloads.is_on(),
     };
     let mut otlp = Otlp::start(&settings, &registry, &flush, &shared);
     let app = export::prometheus::router(export::prometheus::AppState {
@@ -256,9 +259,17 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
                         "SIGHUP: these settings changed and take effect at the next start"
                     );
                 }
-                if new.labels != running.labels || new.series_limit != running.series_limit {
-                    flush.reconfigure(new.labels, new.series_limit).await;
-                    running.labels = new.labels;
+                let mut labels = new.labels;
+                if labels.workload() && !shared.workloads {
+                    // Resolution and its self-metrics are set up at start.
+                    tracing::warn!(
+                        "SIGHUP: the workload labels (cgroup, unit, container_id, pod, namespace, container) take effect at the next start"
+                    );
+                    labels = labels.without_workload();
+                }
+                if labels != running.labels || new.series_limit != running.series_limit {
+                    flush.reconfigure(labels, new.series_limit).await;
+                    running.labels = labels;
                     running.series_limit = new.series_limit;
                 }
                 if otlp_changed(&running, &new)

@@ -240,7 +240,11 @@ pub fn to_trace_request(
     let spans = spans
         .into_iter()
         .map(|s| {
-            let (attributes, error) = aggregate::span_attributes(&s.source);
+            let (mut attributes, error) = aggregate::span_attributes(&s.source);
+            // The acting task's workload (k8s.*, container.*, cgroup, unit).
+            if let Some(w) = &s.workload {
+                attributes.extend(w.span_attributes());
+            }
             let mut trace_id = ids.next().to_be_bytes().to_vec();
             trace_id.extend(ids.next().to_be_bytes());
             Span {

@@ -4,7 +4,9 @@
 //! `edgewatch_spans_dropped_total`; nothing waits.
 //!
 //! A queued span keeps the raw record it came from: its attributes (strings)
-//! are built when it is exported, not on the consumer's hot path.
+//! are built when it is exported, not on the consumer's hot path. It also
+//! keeps the acting task's workload, resolved from the cache when the span
+//! is made (a cgroup may be gone by export time).
 
 use std::{
     collections::VecDeque,
@@ -13,6 +15,8 @@ use std::{
 
 use edgewatch_common::{MapOp, TcpConnect};
 use prometheus_client::metrics::counter::Counter;
+
+use super::workload::Workload;
 
 /// The record a span describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +34,8 @@ pub struct SpanRecord {
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
     pub source: SpanSource,
+    /// The acting task's workload, when workload resolution is on.
+    pub workload: Option<Arc<Workload>>,
 }
 
 #[derive(Debug)]
@@ -94,6 +100,7 @@ mod tests {
             start_unix_ns: n,
             end_unix_ns: n,
             source: SpanSource::MapCall(bytemuck::Zeroable::zeroed()),
+            workload: None,
         }
     }
 

@@ -26,4 +26,5 @@ mod retransmit;
 mod sigkill;
 mod system;
 mod web;
+mod workload;
 mod xdp;

@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::{
 use prost::Message;
 
 /// Accepts OTLP/HTTP posts and forwards each decoded request.
-fn collector() -> (u16, mpsc::Receiver<(String, Vec<u8>)>) {
+pub(crate) fn collector() -> (u16, mpsc::Receiver<(String, Vec<u8>)>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::channel();
@@ -217,7 +217,7 @@ fn a_collector_that_is_down_is_counted_not_fatal() {
     );
 }
 
-fn attr_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+pub(crate) fn attr_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
     attrs
         .iter()
         .find(|a| a.key == key)

@@ -245,6 +245,32 @@ ROWS = [
               [(f"sum by (result) (increase(edgewatch_xdp_blocklist_reloads_total{{{I}}}[1h]))", "{{result}}")])
         .override_by_name("error", [DynamicConfigValue(id_val="thresholds", value=thresholds(ANY_IS_BAD))]),
     ]),
+    ("BPF map hot-update doctor", [
+        panel("timeseries", "Writes to maps no program uses/s",
+              "Elements written (and accepted) into maps that no loaded program references: writes that cannot take "
+              "effect, often a control plane still holding the old map after the data plane was reloaded. Any is red "
+              "(alert EdgewatchBpfMapWritesUnreferenced fires after 10 minutes).",
+              "ops", ANY_IS_BAD,
+              [(f"topk(10, sum by (map_name, map_id, comm) (rate(edgewatch_bpf_map_unreferenced_writes_total{{{I}}}[$__rate_interval])))",
+                "{{comm}} -> {{map_name}} (id {{map_id}})")]),
+        panel("table", "Stale twins",
+              "Maps that are written while a newer map of the same name is the one programs use: the classic reload "
+              "bug, named with its successor (alert EdgewatchBpfMapStaleTwin).",
+              "none", ANY_IS_BAD,
+              [(f"max by (map_name, map_id, successor_id) (edgewatch_bpf_map_stale_twin{{{I}}})",
+                "{{map_name}} {{map_id}} -> {{successor_id}}")]),
+        panel("timeseries", "Writer processes per map (5 min)",
+              "Distinct processes that wrote each map in the last 5 minutes. Yellow from 2: two writers may fight "
+              "over the same keys.",
+              "none", [(None, "green"), (2, "yellow")],
+              [(f"topk(10, max by (map_name, map_id) (edgewatch_bpf_map_writers{{{I}}}))", "{{map_name}} (id {{map_id}})")]),
+        panel("stat", "Maps written but used by no program",
+              "Maps written in the last 5 minutes that no loaded program references. Red from 1.",
+              "none", ANY_IS_BAD,
+              [(f"count(max by (instance, map_id) (edgewatch_bpf_map_writers{{{I}}}) "
+                f"and on (instance, map_id) max by (instance, map_id) (edgewatch_bpf_map_programs{{{I}}}) == 0) or vector(0)",
+                "maps")]),
+    ]),
 ]
 
 

@@ -68,10 +68,15 @@ impl RingRecord for MapOp {
     const KIND: u16 = KIND_MAP_OP;
 }
 
+impl RingRecord for BpfChange {
+    const KIND: u16 = KIND_BPF_CHANGE;
+}
+
 pub const KIND_CONNECT_CALL: u16 = 1;
 pub const KIND_TCP_CONNECT: u16 = 2;
 pub const KIND_RETRANSMIT: u16 = 3;
 pub const KIND_MAP_OP: u16 = 4;
+pub const KIND_BPF_CHANGE: u16 = 5;
 
 pub const PROBE_CONNECT: u32 = 0;
 pub const PROBE_RETRANSMIT: u32 = 1;
@@ -84,9 +89,16 @@ pub const COMM_LEN: usize = 16;
 /// `MapEntries::flags`: `entries` is exact.
 pub const ENTRIES_KNOWN: u32 = 1;
 
+/// `MapOp::hashed`: `key_hash` is set.
+pub const MAP_KEY_HASHED: u16 = 1;
+/// `MapOp::hashed`: `value_hash` is set.
+pub const MAP_VALUE_HASHED: u16 = 2;
+/// Bytes of a key or value hashed, at most.
+pub const MAP_HASH_MAX: u32 = 256;
+
 /// `Retransmit::flags`: a SYN-ACK retransmit (tcp_retransmit_synack).
 pub const RTX_SYNACK: u8 = 1;
-/// `Retransmit::flags`: the tracepoint carried `err` (kernel 6.12+).
+/// `Retransmit::flags`: the tracepoint carried `err` (kernel 6.13+).
 pub const RTX_HAS_ERR: u8 = 2;
 
 pub const XDP_MAX_IFACES: u32 = 64;
@@ -104,6 +116,7 @@ pub const DEFINES: &[(&str, u64)] = &[
     ("EW_KIND_TCP_CONNECT", KIND_TCP_CONNECT as u64),
     ("EW_KIND_RETRANSMIT", KIND_RETRANSMIT as u64),
     ("EW_KIND_MAP_OP", KIND_MAP_OP as u64),
+    ("EW_KIND_BPF_CHANGE", KIND_BPF_CHANGE as u64),
     ("EW_PROBE_CONNECT", PROBE_CONNECT as u64),
     ("EW_PROBE_RETRANSMIT", PROBE_RETRANSMIT as u64),
     ("EW_PROBE_MAP", PROBE_MAP as u64),
@@ -112,6 +125,9 @@ pub const DEFINES: &[(&str, u64)] = &[
     ("EW_RTX_SYNACK", RTX_SYNACK as u64),
     ("EW_RTX_HAS_ERR", RTX_HAS_ERR as u64),
     ("EW_ENTRIES_KNOWN", ENTRIES_KNOWN as u64),
+    ("EW_MAP_KEY_HASHED", MAP_KEY_HASHED as u64),
+    ("EW_MAP_VALUE_HASHED", MAP_VALUE_HASHED as u64),
+    ("EW_MAP_HASH_MAX", MAP_HASH_MAX as u64),
     ("EW_XDP_MAX_IFACES", XDP_MAX_IFACES as u64),
     ("EW_XDP_ACTIONS", XDP_ACTIONS as u64),
     ("EW_XDP_PROTOS", XDP_PROTOS as u64),
@@ -209,10 +225,28 @@ wire_record! {
         /// Batch: `attr.batch.count` before the call; 1 otherwise.
         pub requested: u32,
         pub cmd: u16,
-        pub _pad: u16,
+        /// `MAP_KEY_HASHED` | `MAP_VALUE_HASHED`: which hashes are set.
+        pub hashed: u16,
         pub _pad2: u32,
         pub map_name: [u8; 16],
         pub comm: [u8; COMM_LEN],
+        /// FNV-1a 64 of the key's first `MAP_HASH_MAX` bytes.
+        pub key_hash: u64,
+        /// Likewise of the value written (updates).
+        pub value_hash: u64,
+    }
+}
+
+wire_record! {
+    /// A successful bpf() call that may change which programs use which
+    /// maps (program load, attach/detach, link create/update/detach, map
+    /// binding).
+    "ew_bpf_change" => pub struct BpfChange {
+        pub hdr: Header,
+        pub tgid: u32,
+        /// The bpf() command.
+        pub cmd: u16,
+        pub _pad: u16,
     }
 }
 
@@ -257,6 +291,7 @@ pub const RECORDS: &[(&str, usize, &[FieldLayout])] = &[
     record_entry::<TcpConnect>(),
     record_entry::<Retransmit>(),
     record_entry::<MapOp>(),
+    record_entry::<BpfChange>(),
     record_entry::<MapEntries>(),
     record_entry::<XdpCounter>(),
     record_entry::<LpmV4>(),

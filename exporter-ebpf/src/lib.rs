@@ -34,6 +34,15 @@ pub fn baseline() -> &'static [u8] {
     &BASELINE.0
 }
 
+static MAPBENCH: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/mapbench.bpf.o")));
+
+/// `edgewatch bench maps`: lookup and update loops on one map of each type,
+/// run through BPF_PROG_TEST_RUN.
+pub fn mapbench() -> &'static [u8] {
+    &MAPBENCH.0
+}
+
 /// Record layouts of `common/include/edgewatch/events.h` as clang lays them
 /// out for BPF: lines of `record field offset` and `record =size N`.
 pub const C_LAYOUT: &str = include_str!(concat!(env!("OUT_DIR"), "/layout.txt"));

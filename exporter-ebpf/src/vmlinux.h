@@ -51,7 +51,7 @@ struct trace_event_raw_inet_sock_set_state {
 	__u8 daddr_v6[16];
 };
 
-/* include/trace/events/tcp.h (6.12+): tcp:tcp_retransmit_skb */
+/* include/trace/events/tcp.h (6.13+; not in 6.12): tcp:tcp_retransmit_skb */
 struct trace_event_raw_tcp_retransmit_skb {
 	struct trace_entry ent;
 	const void *skbaddr;
@@ -156,6 +156,8 @@ struct task_struct {
 
 struct bpf_map {
 	enum bpf_map_type map_type; /* an enum in the kernel: CO-RE wants the same kind */
+	__u32 key_size;
+	__u32 value_size;
 	__u32 max_entries;
 	__u32 id;
 	char name[16];
@@ -178,6 +180,15 @@ struct bpf_iter_meta {
 struct bpf_iter__bpf_map {
 	struct bpf_iter_meta *meta;
 	struct bpf_map *map;
+};
+
+/* iter/bpf_map_elem (5.9+): one call per element of the map the link was
+ * created for, then one with key == NULL. */
+struct bpf_iter__bpf_map_elem {
+	struct bpf_iter_meta *meta;
+	struct bpf_map *map;
+	void *key;
+	void *value;
 };
 
 struct sockaddr {

@@ -9,6 +9,10 @@
 //!    of maps, not of entries), against a scrape with no extra maps.
 //!
 //! sudo cargo bench -p edgewatch --bench map [-- --updates N --rounds R]
+//!
+//! With `--modes` instead: the probe's cost on each attach link the running
+//! kernel takes (fentry, kprobe, tracepoint), as ratios; run in VMs by
+//! `scripts/kernel-matrix --bench`.
 
 #![allow(
     clippy::unwrap_used,
@@ -103,8 +107,165 @@ fn scrape_ms(ew: &Edgewatch, n: usize) -> f64 {
     median(&mut t)
 }
 
+/// (run time ns, runs) of edgewatch's map programs, whichever hook.
+fn link_prog_stats() -> std::collections::HashMap<String, (u64, u64)> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter_map(|p| {
+            let name = p.name_as_str()?.to_string();
+            (name.starts_with("ew_map_")
+                && !name.starts_with("ew_map_iter")
+                && !name.starts_with("ew_map_elem"))
+            .then(|| (name, (p.run_time().as_nanos() as u64, p.run_count())))
+        })
+        .collect()
+}
+
+/// `--modes`: the map probe's cost on each link of its attach chain this
+/// kernel takes (fentry, kprobe, syscall tracepoints), as added ns per
+/// update against no probe in the same round, and as ratios to the
+/// tracepoint link. Meant for the kernel-matrix VMs, where emulation
+/// inflates absolute times but not (much) their ratios.
+fn modes(n: u64, rounds: usize) {
+    let chain = common::kernel::kernel().map_chain();
+    let links = common::kernel::links_to_test("map", &chain);
+    let map = create(HASH, "ewbenchmode", 4, 4, 16, 0);
+    measure(&map, n / 10);
+    let release = &common::kernel::kernel().release;
+    println!(
+        "## map probe per attach link, kernel {release} ({n} updates per cell, {rounds} rounds)"
+    );
+    let mut added: Vec<Vec<f64>> = vec![Vec::new(); links.len()];
+    let mut none_all = Vec::new();
+    for r in 0..rounds {
+        let none = measure(&map, n);
+        none_all.push(none);
+        let mut row = format!("round {r}: none {none:.0} ns");
+        for (i, (link, extra)) in links.iter().enumerate() {
+            let mut args = vec!["--probes", "map", "--bpf.enable-stats=false"];
+            args.extend(extra.iter().map(String::as_str));
+            let ew = Edgewatch::start(&args);
+            let m = ew.scrape();
+            assert_eq!(
+                m.count(
+                    "edgewatch_probe_attached",
+                    &[("probe", "map"), ("mode", link.mode)]
+                ),
+                1,
+                "{}",
+                m.text
+            );
+            let with = measure(&map, n);
+            drop(ew);
+            added[i].push(with - none);
+            row.push_str(&format!(", {} {with:.0} ns", link.mode));
+        }
+        println!("{row}");
+    }
+    let none = median(&mut none_all);
+    let medians: Vec<f64> = added.iter_mut().map(|v| median(v)).collect();
+    let tp = links
+        .iter()
+        .position(|(l, _)| l.mode == "tracepoint")
+        .map(|i| medians[i])
+        .unwrap_or(f64::NAN);
+    println!("median: none {none:.0} ns per update");
+    for ((link, _), m) in links.iter().zip(&medians) {
+        println!(
+            "  {:<10} +{m:.0} ns per update ({:.2}x none; {:.2}x the tracepoint link's added cost)",
+            link.mode,
+            (none + m) / none,
+            m / tp
+        );
+    }
+    println!("\n## the programs' own run time per link (BPF_ENABLE_STATS held for this part only)");
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let mut own = Vec::new();
+    for (link, extra) in &links {
+        let mut args = vec!["--probes", "map", "--bpf.enable-stats=false"];
+        args.extend(extra.iter().map(String::as_str));
+        let ew = Edgewatch::start(&args);
+        let before = link_prog_stats();
+        measure(&map, n);
+        let after = link_prog_stats();
+        drop(ew);
+        let total: u64 = after
+            .iter()
+            .filter_map(|(k, v)| before.get(k).map(|b| v.0 - b.0))
+            .sum();
+        let per = total as f64 / n as f64;
+        own.push(per);
+        println!(
+            "  {:<10} {per:.0} ns per update in the entry and exit programs",
+            link.mode
+        );
+    }
+    if let Some(tp_own) = links
+        .iter()
+        .position(|(l, _)| l.mode == "tracepoint")
+        .map(|i| own[i])
+    {
+        for ((link, _), o) in links.iter().zip(&own) {
+            println!(
+                "  {:<10} {:.2}x the tracepoint programs' run time",
+                link.mode,
+                o / tp_own
+            );
+        }
+    }
+}
+
+/// Before 6.6: the scrape cost of counting hash maps with the element
+/// iterator, per slot (max_entries) walked: 32 hash maps of 16,384 slots
+/// (524,288 slots), empty and then half full, scraped with
+/// `--bpf.map-count-budget=0` (nothing walked) and with the default budget
+/// (all walked).
+fn count_cost() {
+    if common::kernel::kernel().sum_elem_count {
+        println!("\n## element counting: not used on this kernel (bpf_map_sum_elem_count)");
+        return;
+    }
+    const MAPS: u32 = 32;
+    const SLOTS: u32 = 16_384;
+    let maps: Vec<_> = (0..MAPS)
+        .map(|i| create(HASH, &format!("ewcc{i}"), 4, 4, SLOTS, 0))
+        .collect();
+    let walked = f64::from(MAPS * SLOTS);
+    let cost = |label: &str| {
+        let off = Edgewatch::start(&["--probes", "map", "--bpf.map-count-budget=0"]);
+        let base = scrape_ms(&off, 10);
+        drop(off);
+        let on = Edgewatch::start(&["--probes", "map"]);
+        let walk = scrape_ms(&on, 10);
+        let m = on.scrape();
+        drop(on);
+        let exact = m.count("edgewatch_bpf_map_entries_exact", &[]);
+        println!(
+            "  {label}: scrape {base:.1} ms without walking, {walk:.1} ms walking {walked:.0} slots: {:.1} ns per slot ({exact} maps exact)",
+            (walk - base) * 1e6 / walked
+        );
+    };
+    println!("\n## element counting before 6.6 (median of 10 scrapes)");
+    cost("empty");
+    let v = [1u8; 4];
+    for m in &maps {
+        for k in 0..SLOTS / 2 {
+            assert_eq!(update(m, &k.to_ne_bytes(), &v, BPF_ANY), 0);
+        }
+    }
+    cost("half full");
+}
+
 fn main() {
     if !common::privileged() {
+        return;
+    }
+    if std::env::args().any(|a| a == "--modes") {
+        count_cost();
+        modes(
+            common::bench_arg("--updates", 20_000),
+            common::bench_arg("--rounds", 5),
+        );
         return;
     }
     let n = common::bench_arg("--updates", 200_000);

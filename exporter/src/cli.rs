@@ -1,13 +1,17 @@
 //! The command line: flags over the config file, validated as a whole,
-//! then check or run. The probe list in `--help` comes from `probe::ALL`.
+//! then check or run; or, with a subcommand, a measurement of this kernel
+//! (`edgewatch bench maps`). The probe list in `--help` comes from
+//! `probe::ALL`.
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use clap::{CommandFactory, FromArgMatches, Parser, error::ErrorKind};
 
 use crate::{
-    app,
-    config::{ALL_PROBES, Config, ConfigErrors, Settings, probe_names, split_list},
+    app, bench,
+    config::{
+        ALL_PROBES, Config, ConfigErrors, Settings, otlp::parse_key_values, probe_names, split_list,
+    },
     vocab::{bounded, build_info::BuildInfo},
 };
 
@@ -18,9 +22,13 @@ const EXIT_USAGE: u8 = 2;
 #[command(
     name = "edgewatch",
     version = BuildInfo::VERSION_LINE,
-    about = "eBPF observability exporter for Prometheus and OpenTelemetry"
+    about = "eBPF observability exporter for Prometheus and OpenTelemetry",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    /// Without a subcommand, edgewatch runs the exporter.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// YAML configuration file (strict: unknown keys are errors).
     #[arg(long = "config.file", value_name = "PATH")]
     config_file: Option<PathBuf>,
@@ -91,6 +99,10 @@ struct Cli {
     /// counted (true or false) [default: true].
     #[arg(long = "bpf.enable-stats", value_name = "BOOL")]
     enable_stats: Option<bool>,
+    /// Before kernel 6.6, hash-map slots (max_entries) walked per scrape to
+    /// count elements; maps past it are reported as not exact [default: 1048576].
+    #[arg(long = "bpf.map-count-budget", value_name = "SLOTS")]
+    map_count_budget: Option<u64>,
     /// Attach the XDP datapath to this interface (repeatable) [default: none].
     #[arg(long = "xdp.interface", value_name = "IFACE")]
     xdp_interfaces: Vec<String>,
@@ -100,10 +112,31 @@ struct Cli {
     /// XDP source-prefix blocklist file (one CIDR a line; SIGHUP reloads it).
     #[arg(long = "xdp.blocklist-file", value_name = "PATH")]
     xdp_blocklist: Option<PathBuf>,
-    /// Push metrics over OTLP/HTTP to this collector endpoint
-    /// (e.g. http://127.0.0.1:4318) [default: off].
+    /// Push metrics over OTLP to this collector: a base URL
+    /// (http://127.0.0.1:4318 for http/protobuf, http://127.0.0.1:4317 for
+    /// grpc; https for TLS) [default: off, or OTEL_EXPORTER_OTLP_ENDPOINT].
     #[arg(long = "otlp.endpoint", value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// OTLP transport: grpc or http/protobuf [default: http/protobuf].
+    #[arg(long = "otlp.protocol", value_name = "PROTOCOL")]
+    otlp_protocol: Option<String>,
+    /// The metrics endpoint, used as is (overrides --otlp.endpoint).
+    #[arg(long = "otlp.metrics-endpoint", value_name = "URL")]
+    otlp_metrics_endpoint: Option<String>,
+    /// The traces endpoint, used as is (overrides --otlp.endpoint; turns
+    /// span export on).
+    #[arg(long = "otlp.traces-endpoint", value_name = "URL")]
+    otlp_traces_endpoint: Option<String>,
+    /// Headers for every OTLP request: k=v,k2=v2 (values percent-encoded,
+    /// as in OTEL_EXPORTER_OTLP_HEADERS).
+    #[arg(long = "otlp.headers", value_name = "LIST")]
+    otlp_headers: Option<String>,
+    /// OTLP compression: gzip or none [default: none].
+    #[arg(long = "otlp.compression", value_name = "ALGO")]
+    otlp_compression: Option<String>,
+    /// Timeout of each OTLP request in milliseconds [default: 10000].
+    #[arg(long = "otlp.timeout-ms", value_name = "MS")]
+    otlp_timeout_ms: Option<u64>,
     /// OTLP push period in milliseconds [default: 15000].
     #[arg(
         long = "otlp.interval-ms",
@@ -111,6 +144,19 @@ struct Cli {
         allow_negative_numbers = true
     )]
     otlp_interval_ms: Option<u64>,
+    /// PEM CA certificates to trust for an https endpoint (instead of the
+    /// system's).
+    #[arg(long = "otlp.tls.ca-file", value_name = "PATH")]
+    otlp_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mTLS (with --otlp.tls.key-file).
+    #[arg(long = "otlp.tls.cert-file", value_name = "PATH")]
+    otlp_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long = "otlp.tls.key-file", value_name = "PATH")]
+    otlp_key_file: Option<PathBuf>,
+    /// Do not verify the collector's certificate.
+    #[arg(long = "otlp.tls.insecure-skip-verify")]
+    otlp_insecure_skip_verify: bool,
     /// Also push spans (TCP handshakes, map update/delete calls) over OTLP.
     #[arg(long = "otlp.traces")]
     otlp_traces: bool,
@@ -119,6 +165,21 @@ struct Cli {
     /// comma list [default: auto].
     #[arg(long = "capabilities.keep", value_name = "LIST")]
     capabilities_keep: Option<String>,
+    /// Fraction of handshakes and map calls that get a span, 0 to 1
+    /// [default: 1].
+    #[arg(long = "otlp.traces-sample-ratio", value_name = "RATIO")]
+    otlp_sample_ratio: Option<f64>,
+    /// At most this many spans per second (token bucket); 0: no limit
+    /// [default: 0].
+    #[arg(long = "otlp.traces-max-per-second", value_name = "N")]
+    otlp_max_per_second: Option<u32>,
+    /// Spans waiting to be sent at most [default: 10000].
+    #[arg(long = "otlp.max-queued-spans", value_name = "N")]
+    otlp_max_queued_spans: Option<usize>,
+    /// Put a hash of each map call's key (and value) on its span
+    /// (needs --otlp.traces).
+    #[arg(long = "otlp.map-key-hashes")]
+    otlp_map_key_hashes: bool,
     /// Comma list of attach modes not to try: tp_btf, fentry, kprobe
     /// (probes fall back down their chain, tracepoints last).
     #[arg(long = "attach.disable", value_name = "LIST")]
@@ -127,6 +188,62 @@ struct Cli {
     /// labels come from [default: /var/log/pods].
     #[arg(long = "workload.pod-logs-dir", value_name = "PATH")]
     pod_logs_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Measure this kernel (nothing is attached, nothing is served).
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Bench {
+    /// Lookup and update cost of each BPF map type on this kernel, through
+    /// BPF_PROG_TEST_RUN, ordered by cost next to the order the seeds
+    /// claim. Needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (or root).
+    Maps(MapsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MapsArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = FormatArg::Text)]
+    format: FormatArg,
+    /// Rounds; each figure is the median over them.
+    #[arg(long, value_name = "N", default_value_t = bench::maps::Options::default().rounds,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Program runs per round (BPF_PROG_TEST_RUN repeat).
+    #[arg(long, value_name = "N", default_value_t = bench::maps::Options::default().runs,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Keys in the array and hash maps (the LPM tries hold 1,000 and 100,000 prefixes).
+    #[arg(long, value_name = "N", default_value_t = bench::maps::Options::default().entries,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    entries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FormatArg {
+    /// A table.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+impl MapsArgs {
+    fn options(&self) -> bench::maps::Options {
+        bench::maps::Options {
+            format: match self.format {
+                FormatArg::Text => bench::maps::Format::Text,
+                FormatArg::Json => bench::maps::Format::Json,
+            },
+            rounds: self.rounds,
+            runs: self.runs,
+            entries: self.entries,
+        }
+    }
 }
 
 impl Cli {
@@ -175,6 +292,9 @@ impl Cli {
         if let Some(v) = self.enable_stats {
             cfg.bpf.enable_stats = v;
         }
+        if let Some(v) = self.map_count_budget {
+            cfg.bpf.map_count_budget = v;
+        }
         if !self.xdp_interfaces.is_empty() {
             cfg.xdp.interfaces = self.xdp_interfaces.clone();
         }
@@ -187,14 +307,59 @@ impl Cli {
         if let Some(v) = &self.otlp_endpoint {
             cfg.otlp.endpoint = Some(v.clone());
         }
+        let o = &mut cfg.otlp;
+        if let Some(v) = &self.otlp_protocol {
+            o.protocol = Some(v.clone());
+        }
+        if let Some(v) = &self.otlp_metrics_endpoint {
+            o.metrics_endpoint = Some(v.clone());
+        }
+        if let Some(v) = &self.otlp_traces_endpoint {
+            o.traces_endpoint = Some(v.clone());
+        }
+        if let Some(v) = &self.otlp_headers {
+            let pairs = parse_key_values(v)
+                .map_err(|e| ConfigErrors(vec![format!("--otlp.headers: {e}")]))?;
+            o.headers = pairs.into_iter().collect();
+        }
+        if let Some(v) = &self.otlp_compression {
+            o.compression = Some(v.clone());
+        }
+        if let Some(v) = self.otlp_timeout_ms {
+            o.timeout_ms = Some(v);
+        }
         if let Some(v) = self.otlp_interval_ms {
-            cfg.otlp.interval_ms = v;
+            o.interval_ms = Some(v);
+        }
+        if let Some(v) = &self.otlp_ca_file {
+            o.tls.ca_file = Some(v.clone());
+        }
+        if let Some(v) = &self.otlp_cert_file {
+            o.tls.cert_file = Some(v.clone());
+        }
+        if let Some(v) = &self.otlp_key_file {
+            o.tls.key_file = Some(v.clone());
+        }
+        if self.otlp_insecure_skip_verify {
+            o.tls.insecure_skip_verify = true;
         }
         if self.otlp_traces {
-            cfg.otlp.traces = true;
+            o.traces = true;
+        }
+        if let Some(v) = self.otlp_sample_ratio {
+            o.traces_sample_ratio = v;
+        }
+        if let Some(v) = self.otlp_max_per_second {
+            o.traces_max_per_second = v;
+        }
+        if let Some(v) = self.otlp_max_queued_spans {
+            o.max_queued_spans = v;
         }
         if let Some(v) = &self.capabilities_keep {
             cfg.capabilities.keep = v.clone();
+        }
+        if self.otlp_map_key_hashes {
+            cfg.otlp.map_key_hashes = true;
         }
         if let Some(v) = &self.attach_disable {
             cfg.attach.disable = split_list(v);
@@ -284,6 +449,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if let Some(Command::Bench(Bench::Maps(args))) = &cli.command {
+        return match bench::maps::run(args.options()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("edgewatch: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match cli.config().and_then(|c| c.validate()) {
         Ok(s) => s,
         Err(e) => {
@@ -362,6 +536,22 @@ mod tests {
         // Not overridden: from the file.
         assert!(s.labels.comm);
         assert_eq!(s.series_limit, 7);
+    }
+
+    #[test]
+    fn bench_maps_is_a_subcommand_and_flags_stay_as_they_were() {
+        let cli = Cli::try_parse_from(["edgewatch", "bench", "maps", "--format", "json"]).unwrap();
+        let Some(Command::Bench(Bench::Maps(a))) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        let o = a.options();
+        assert_eq!(o.format, bench::maps::Format::Json);
+        assert_eq!(o.rounds, bench::maps::Options::default().rounds);
+        assert!(Cli::try_parse_from(["edgewatch", "bench", "maps", "--runs", "0"]).is_err());
+        // Exporter flags belong to the exporter, not to a subcommand.
+        assert!(Cli::try_parse_from(["edgewatch", "--probes", "map", "bench", "maps"]).is_err());
+        let cli = Cli::try_parse_from(["edgewatch", "--probes", "map", "--config.check"]).unwrap();
+        assert!(cli.command.is_none() && cli.config_check);
     }
 
     #[test]

@@ -17,8 +17,13 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub mod otlp;
+
+pub use otlp::{OtlpConfig, OtlpTlsConfig};
+
 use crate::{
     datapath::{self, ModeChoice},
+    export::otlp::settings::OtlpSettings,
     probe::{self, AttachMode},
     vocab::labels::OptInLabels,
 };
@@ -89,33 +94,6 @@ pub struct AttachConfig {
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
-pub struct OtlpConfig {
-    /// OTLP/HTTP endpoint of a collector, e.g. http://127.0.0.1:4318;
-    /// metrics go to <endpoint>/v1/metrics. Off when unset.
-    pub endpoint: Option<String>,
-    pub interval_ms: u64,
-    pub timeout_ms: u64,
-    /// Also push spans (TCP handshakes, map update/delete calls) to
-    /// <endpoint>/v1/traces.
-    pub traces: bool,
-    /// Spans queued between pushes; past it they are dropped and counted.
-    pub max_queued_spans: usize,
-}
-
-impl Default for OtlpConfig {
-    fn default() -> Self {
-        Self {
-            endpoint: None,
-            interval_ms: 15_000,
-            timeout_ms: 5_000,
-            traces: false,
-            max_queued_spans: 10_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default)]
 pub struct XdpConfig {
     /// Interfaces to attach the XDP datapath to; none by default.
     pub interfaces: Vec<String>,
@@ -141,11 +119,20 @@ pub struct BpfConfig {
     /// Hold BPF_ENABLE_STATS so the kernel counts every program's runs and
     /// run time (edgewatch_bpf_prog_*).
     pub enable_stats: bool,
+    /// Before kernel 6.6 (no `bpf_map_sum_elem_count`), hash maps are
+    /// counted by walking them: at most this many slots (the sum of the
+    /// walked maps' max_entries) per scrape, smallest maps first. Maps past
+    /// it read `edgewatch_bpf_map_entries_exact 0` that scrape, with no
+    /// entries or pressure. 0 walks nothing. Unused on 6.6+.
+    pub map_count_budget: u64,
 }
 
 impl Default for BpfConfig {
     fn default() -> Self {
-        Self { enable_stats: true }
+        Self {
+            enable_stats: true,
+            map_count_budget: crate::scrape::elemcount::DEFAULT_BUDGET,
+        }
     }
 }
 
@@ -334,8 +321,14 @@ impl Config {
         }
     }
 
-    /// Checks every value and returns all problems at once.
+    /// Checks every value and returns all problems at once; the `otlp`
+    /// section is resolved against the process's OTEL_* environment.
     pub fn validate(&self) -> Result<Settings, ConfigErrors> {
+        self.validate_with_env(&otlp::process_env)
+    }
+
+    /// [`Config::validate`] with another environment.
+    pub fn validate_with_env(&self, env: otlp::Env) -> Result<Settings, ConfigErrors> {
         let mut errors = Vec::new();
 
         let listen = match self.web.listen_address.parse::<SocketAddr>() {
@@ -497,55 +490,12 @@ impl Config {
             None => None,
         };
 
-        let otlp = match &self.otlp.endpoint {
-            None => None,
-            Some(raw) => {
-                let e = &crate::vocab::redact::url(raw);
-                let url = format!("{}/v1/metrics", raw.trim_end_matches('/'));
-                match url.parse::<axum::http::Uri>() {
-                    _ if raw.contains(['?', '#']) => {
-                        errors.push(format!(
-                            "otlp.endpoint: {e:?} has a query or fragment; give the base URL only (edgewatch appends /v1/metrics)"
-                        ));
-                        None
-                    }
-                    Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
-                        errors.push(format!(
-                            "otlp.endpoint: {e:?}: credentials in the URL are not sent to the collector; remove them"
-                        ));
-                        None
-                    }
-                    Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {
-                        Some(uri)
-                    }
-                    Ok(uri) if uri.scheme_str() == Some("https") => {
-                        errors.push(format!(
-                            "otlp.endpoint: {e:?}: https is not supported yet; use a collector's plain OTLP/HTTP port"
-                        ));
-                        None
-                    }
-                    _ => {
-                        errors.push(format!(
-                            "otlp.endpoint: {e:?} is not an http:// URL (e.g. http://127.0.0.1:4318)"
-                        ));
-                        None
-                    }
-                }
-            }
-        };
-        if self.otlp.traces && self.otlp.endpoint.is_none() {
-            errors.push("otlp.traces: needs otlp.endpoint".into());
+        let otlp = self.otlp.resolve(env, &mut errors);
+        let traces_on = otlp.as_ref().is_some_and(|o| o.traces.is_some());
+        if self.otlp.map_key_hashes && !traces_on {
+            errors
+                .push("otlp.map_key_hashes: needs otlp.traces (the hashes go on the spans)".into());
         }
-        if self.otlp.max_queued_spans == 0 {
-            errors.push("otlp.max_queued_spans: must be at least 1".into());
-        }
-        let otlp_traces = match (&otlp, self.otlp.traces) {
-            (Some(uri), true) => uri
-                .to_string()
-                .strip_suffix("/v1/metrics")
-                .and_then(|base| format!("{base}/v1/traces").parse::<axum::http::Uri>().ok()),
-            _ => None,
-        };
         let mut disabled_modes = Vec::new();
         for (i, m) in self.attach.disable.iter().enumerate() {
             match AttachMode::parse_disableable(m) {
@@ -560,19 +510,6 @@ impl Config {
                 )),
             }
         }
-        if !(100..=3_600_000).contains(&self.otlp.interval_ms) {
-            errors.push(format!(
-                "otlp.interval_ms: {} must be from 100 to 3600000",
-                self.otlp.interval_ms
-            ));
-        }
-        if !(100..=60_000).contains(&self.otlp.timeout_ms) {
-            errors.push(format!(
-                "otlp.timeout_ms: {} must be from 100 to 60000",
-                self.otlp.timeout_ms
-            ));
-        }
-
         if !self.workload.pod_logs_dir.is_absolute() {
             errors.push(format!(
                 "workload.pod_logs_dir: {:?} must be an absolute path (the kubelet's is /var/log/pods)",
@@ -602,15 +539,13 @@ impl Config {
                 wakeup_bytes: self.ringbuf.wakeup_bytes,
                 flush_interval: Duration::from_millis(self.ringbuf.flush_interval_ms),
                 enable_stats: self.bpf.enable_stats,
+                map_count_budget: self.bpf.map_count_budget,
                 xdp_interfaces,
                 xdp_mode,
                 xdp_blocklist,
                 otlp,
                 disabled_modes,
-                otlp_traces,
-                max_queued_spans: self.otlp.max_queued_spans,
-                otlp_interval: Duration::from_millis(self.otlp.interval_ms),
-                otlp_timeout: Duration::from_millis(self.otlp.timeout_ms),
+                map_key_hashes: self.otlp.map_key_hashes,
                 pod_logs_dir: self.workload.pod_logs_dir.clone(),
             }),
             _ => Err(ConfigErrors(errors)),
@@ -641,19 +576,18 @@ pub struct Settings {
     pub wakeup_bytes: u64,
     pub flush_interval: Duration,
     pub enable_stats: bool,
+    /// Slots walked per scrape to count hash maps before 6.6.
+    pub map_count_budget: u64,
     /// (name, ifindex)
     pub xdp_interfaces: Vec<(String, u32)>,
     pub xdp_mode: ModeChoice,
     pub xdp_blocklist: Option<(PathBuf, BTreeSet<IpNet>)>,
-    /// `<endpoint>/v1/metrics` when OTLP push is on.
-    pub otlp: Option<axum::http::Uri>,
+    /// OTLP push, when on (flags, file and OTEL_* environment resolved).
+    pub otlp: Option<OtlpSettings>,
     /// Attach modes the operator turned off.
     pub disabled_modes: Vec<AttachMode>,
-    /// `<endpoint>/v1/traces` when span export is on.
-    pub otlp_traces: Option<axum::http::Uri>,
-    pub max_queued_spans: usize,
-    pub otlp_interval: Duration,
-    pub otlp_timeout: Duration,
+    /// Hash map keys and values into the map-call spans.
+    pub map_key_hashes: bool,
     /// The kubelet's pod log directory (`workload.pod_logs_dir`).
     pub pod_logs_dir: PathBuf,
 }
@@ -784,7 +718,6 @@ mod tests {
         let mut cfg = Config::default();
         cfg.metrics.series_limit = usize::MAX;
         cfg.web.telemetry_path = "/m?x=1".into();
-        cfg.otlp.endpoint = Some("http://user:pw@h:4318".into());
         let err = cfg.validate().unwrap_err().to_string();
         assert!(
             err.contains("metrics.series_limit: 18446744073709551615 must be from 1 to 100000"),
@@ -794,8 +727,6 @@ mod tests {
             err.contains("web.telemetry_path: \"/m?x=1\" has '?'"),
             "{err}"
         );
-        assert!(err.contains("\"http://***@h:4318\": credentials"), "{err}");
-        assert!(!err.contains("pw"), "{err}");
         let mut cfg = Config::default();
         cfg.otlp.endpoint = Some("http://h:4318/#f".into());
         assert!(
@@ -806,7 +737,8 @@ mod tests {
         );
         cfg.otlp.endpoint = Some("http://h:4318/base/".into());
         let s = cfg.validate().unwrap();
-        assert_eq!(s.otlp.unwrap().to_string(), "http://h:4318/base/v1/metrics");
+        let metrics = s.otlp.and_then(|o| o.metrics).expect("metrics push on");
+        assert_eq!(metrics.uri.to_string(), "http://h:4318/base/v1/metrics");
     }
 
     #[test]
@@ -827,6 +759,20 @@ mod tests {
             vec!["collections nested more than 64 deep"]
         );
         assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn map_key_hashes_need_traces() {
+        let mut cfg = Config::default();
+        cfg.otlp.map_key_hashes = true;
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(
+            err.0,
+            vec!["otlp.map_key_hashes: needs otlp.traces (the hashes go on the spans)"]
+        );
+        cfg.otlp.endpoint = Some("http://127.0.0.1:4318".into());
+        cfg.otlp.traces = true;
+        assert!(cfg.validate().unwrap().map_key_hashes);
     }
 
     #[test]

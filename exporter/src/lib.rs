@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | 9 | `cli` | command line, exit codes |
 //! | 8 | `app` | start-up shared by check and run; `build_registry` |
+//! | 8 | `bench` | `edgewatch bench maps`: map-type costs on this kernel |
 //! | 7 | `config` | the YAML file and flags, validated into `Settings` |
 //! | 6 | `export`, `web` | the typed snapshot, /metrics, OTLP push; the HTTP server (TLS, auth, limits) |
 //! | 5 | `pipeline` | ring-buffer consumer, the kind -> aggregator table |
@@ -23,6 +24,7 @@
 
 pub mod aggregate;
 pub mod app;
+pub mod bench;
 pub mod bpfobj;
 pub mod caps;
 pub mod cli;

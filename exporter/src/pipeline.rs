@@ -279,6 +279,7 @@ mod tests {
             series_dropped: telemetry.series_dropped.clone(),
             clock: Clock::fixed(0),
             spans: SpanSink::default(),
+            refs: Default::default(),
             workloads: Default::default(),
         };
         let probe: &'static dyn Probe = &connect::PROBE;

@@ -10,6 +10,7 @@ pub const BPF_MAP_UPDATE_ELEM: i64 = 2;
 pub const BPF_MAP_DELETE_ELEM: i64 = 3;
 pub const BPF_PROG_LOAD: i64 = 5;
 pub const BPF_PROG_TEST_RUN: i64 = 10;
+pub const BPF_OBJ_GET_INFO_BY_FD: i64 = 15;
 pub const BPF_MAP_UPDATE_BATCH: i64 = 26;
 
 pub const HASH: u32 = 1;
@@ -109,11 +110,46 @@ pub fn possible_cpus() -> usize {
 
 /// `r0 = XDP_PASS; exit`, loaded as an XDP program named `name`.
 pub fn load_prog(name: &str) -> RawFd {
-    let insns: [u64; 2] = [0x0000_0002_0000_00b7, 0x0000_0000_0000_0095];
+    load_xdp(name, &[0x0000_0002_0000_00b7, 0x0000_0000_0000_0095])
+}
+
+/// `r1 = map; r0 = XDP_PASS; exit`, loaded as an XDP program named `name`:
+/// a program that uses `map` (the verifier puts it in the program's
+/// `map_ids` although it does nothing with it).
+pub fn load_prog_using(name: &str, map: RawFd) -> RawFd {
+    // ld_imm64 r1, map fd: opcode 0x18, dst r1, src BPF_PSEUDO_MAP_FD (1).
+    let ld = 0x18 | (0x11 << 8) | (u64::from(map as u32) << 32);
+    load_xdp(name, &[ld, 0, 0x0000_0002_0000_00b7, 0x95])
+}
+
+/// Closes an fd the test owns (a program: the kernel unloads it when
+/// nothing else holds it).
+pub fn close(fd: RawFd) {
+    // SAFETY: closing an fd the caller owns and does not use again.
+    unsafe { libc::close(fd) };
+}
+
+/// The kernel's id of the map behind `fd` (BPF_OBJ_GET_INFO_BY_FD).
+pub fn map_id(fd: RawFd) -> u32 {
+    let mut info = [0u8; 88]; // struct bpf_map_info; id at offset 4
+    let mut a = [0u8; 128];
+    put32(&mut a, 0, fd as u32);
+    put32(&mut a, 4, info.len() as u32);
+    put64(&mut a, 8, info.as_mut_ptr() as u64);
+    assert_eq!(
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a),
+        0,
+        "map info of fd {fd}"
+    );
+    u32::from_ne_bytes(info[4..8].try_into().unwrap())
+}
+
+/// An XDP program of these instructions, named `name`.
+pub fn load_xdp(name: &str, insns: &[u64]) -> RawFd {
     let license = b"GPL\0";
     let mut a = [0u8; 128];
     put32(&mut a, 0, 6); // BPF_PROG_TYPE_XDP
-    put32(&mut a, 4, 2);
+    put32(&mut a, 4, insns.len() as u32);
     put64(&mut a, 8, insns.as_ptr() as u64);
     put64(&mut a, 16, license.as_ptr() as u64);
     a[48..48 + name.len()].copy_from_slice(name.as_bytes());

@@ -24,6 +24,8 @@ use std::{
 
 pub mod bpf;
 pub mod frames;
+pub mod kernel;
+pub mod otlp;
 
 pub const SKIP_VAR: &str = "EDGEWATCH_SKIP_PRIVILEGED_TESTS";
 
@@ -203,6 +205,11 @@ impl Edgewatch {
         Self::spawn_cmd(None, vec![binary.to_string()], args)
     }
 
+    /// Runs edgewatch with these environment variables set.
+    pub fn start_env(env: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::spawn_env(None, vec![binary().to_string()], env, args)
+    }
+
     /// Runs edgewatch inside `ns` (`ip netns exec`), e.g. to attach XDP to
     /// an interface local to it.
     pub fn start_in(ns: &Netns, args: &[&str]) -> Self {
@@ -241,7 +248,23 @@ impl Edgewatch {
     }
 
     fn spawn_cmd(netns: Option<String>, prefix: Vec<String>, args: &[&str]) -> Self {
+        Self::spawn_env(netns, prefix, &[], args)
+    }
+
+    fn spawn_env(
+        netns: Option<String>,
+        prefix: Vec<String>,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         let mut cmd = Command::new(&prefix[0]);
+        // The test's own OTEL_* variables would configure OTLP push.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("OTEL_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.envs(env.iter().copied());
         cmd.args(&prefix[1..]);
         cmd.args(["--web.listen-address", "127.0.0.1:0", "--log.level", "info"])
             .args(args)

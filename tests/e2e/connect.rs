@@ -12,7 +12,11 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{Edgewatch, Netns, poll, privileged, serial, set_thread_comm};
+use crate::common::{
+    Edgewatch, Netns,
+    kernel::{kernel, links_to_test},
+    poll, privileged, serial, set_thread_comm,
+};
 use socket2::{Domain, Socket, Type};
 
 const N_BLOCKING: u64 = 25;
@@ -92,24 +96,21 @@ fn workload(comm: &str) {
     }
 }
 
-/// The handshake hook on this kernel's cheap path (tp_btf).
+/// The handshake hook on every link of its chain this kernel takes
+/// (tp_btf, then the classic tracepoint): the default lands on the first
+/// one, `--attach.disable` on the next, and each counts exactly.
 #[test]
-fn exact_connect_counts_agree_with_the_kernel() {
+fn exact_connect_counts_agree_with_the_kernel_on_every_link() {
     if !privileged() {
         return;
     }
     let _serial = serial();
-    exact_counts(&[], "tp_btf", "conn");
-}
-
-/// The same through the fallback (classic tracepoint).
-#[test]
-fn exact_connect_counts_through_the_tracepoint_fallback() {
-    if !privileged() {
-        return;
+    let chain = kernel().connect_chain();
+    for (i, (link, args)) in links_to_test("connect", &chain).into_iter().enumerate() {
+        eprintln!("connect: link {} with {args:?}", link.mode);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        exact_counts(&args, link.mode, &format!("conn{i}"));
     }
-    let _serial = serial();
-    exact_counts(&["--attach.disable=tp_btf"], "tracepoint", "connfb");
 }
 
 fn exact_counts(extra: &[&str], mode: &str, tag: &str) {
@@ -297,7 +298,11 @@ fn config_check_reports_attach_modes() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("connect: attached (tp_btf)"), "{stdout}");
+    let mode = kernel().connect_mode();
+    assert!(
+        stdout.contains(&format!("connect: attached ({mode})")),
+        "{stdout}"
+    );
 }
 
 #[test]

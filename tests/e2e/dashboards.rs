@@ -37,7 +37,7 @@ use std::{
 
 use crate::common::{
     Edgewatch, Metrics, Netns,
-    bpf::{BPF_ANY, HASH, Map, create, update},
+    bpf::{BPF_ANY, HASH, Map, close, create, load_prog_using, update},
     http_get, poll, privileged, repo, serial, test_subnet,
 };
 
@@ -402,6 +402,19 @@ fn dashboards_and_alerts_have_data_under_load() {
     let full = create(HASH, &full_name, 4, 8, 16, 0);
     for i in 0..16u32 {
         assert_eq!(update(&full, &i.to_ne_bytes(), &[0u8; 8], BPF_ANY), 0);
+    }
+    // The hot-update doctor's stale twin: a program on map `old`, a newer
+    // map of the same name used by a second program, the first program
+    // gone, and `old` still written.
+    let twin_name = format!("ewdtwin{pid}");
+    let old = create(HASH, &twin_name, 4, 8, 16, 0);
+    let first = load_prog_using(&format!("ewdp1{pid}"), old.fd);
+    let new = create(HASH, &twin_name, 4, 8, 16, 0);
+    let second = load_prog_using(&format!("ewdp2{pid}"), new.fd);
+    assert!(first >= 0 && second >= 0, "loading the twin's programs");
+    close(first);
+    for i in 0..3u32 {
+        assert_eq!(update(&old, &i.to_ne_bytes(), &[0u8; 8], BPF_ANY), 0);
     }
     let load = Load {
         a,

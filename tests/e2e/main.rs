@@ -1,7 +1,7 @@
 //! The privileged end-to-end suite, one test binary: each module drives the
 //! real edgewatch binary and the real kernel with an exact workload in
 //! network namespaces it creates, and compares with the kernel's own
-//! counters. One binary so that `common::serial()` runs them one at a time
+//! counters. One binary so that `crate::common::serial()` runs them one at a time
 //! (they load BPF programs host-wide), and so that the harness is compiled
 //! once. Needs root: not root is a failure, not a skip.
 
@@ -17,6 +17,7 @@ mod common;
 mod caps;
 mod connect;
 mod dashboards;
+mod doctor;
 mod image;
 mod map;
 mod new_probe;

@@ -11,6 +11,7 @@ use crate::common::{
         ARRAY, BPF_ANY, BPF_F_NO_PREALLOC, BPF_NOEXIST, HASH, LPM_TRIE, LRU_HASH, PERCPU_HASH,
         create, delete, load_prog, possible_cpus, test_run, update, update_batch,
     },
+    kernel::{kernel, links_to_test},
     poll, privileged, serial,
 };
 
@@ -44,15 +45,36 @@ const F: u32 = 5; // inserts into a full hash
 const B: u32 = 7; // one batch of new keys into the hash
 const FULL_MAX: u32 = 4;
 
+/// The map probe on every link of its chain this kernel takes (fentry,
+/// kprobe, syscall tracepoints): the default lands on the first one,
+/// `--attach.disable` on each next one, and every link gives the same exact
+/// counts. The inventory's entries and pressure are checked on each run.
 #[test]
 fn exact_map_update_counts_entries_and_program_runs() {
     if !privileged() {
         return;
     }
     let _serial = serial();
-    let ew = Edgewatch::start(&["--probes", "map"]);
+    let chain = kernel().map_chain();
+    let links = links_to_test("map", &chain);
+    for (i, (link, extra)) in links.iter().enumerate() {
+        eprintln!("map: link {} with {extra:?}", link.mode);
+        let mut args = vec!["--probes".to_string(), "map".to_string()];
+        args.extend(extra.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ew = Edgewatch::start(&args);
+        exact_counts(&ew, i, link.mode);
+        if i == 0 {
+            program_runs(&ew);
+        }
+    }
+}
+
+/// Drives the known workload on fresh maps (their names carry `run`) and
+/// asserts every count, the inventory and the attach mode.
+fn exact_counts(ew: &Edgewatch, run: usize, mode: &str) {
     let tag = std::process::id() % 100_000;
-    let name = |kind: &str| format!("ew{kind}{tag}");
+    let name = |kind: &str| format!("ew{kind}{run}{tag}");
     let cpus = possible_cpus();
 
     let hash = create(HASH, &name("h"), 4, 4, 64, 0);
@@ -111,9 +133,6 @@ fn exact_map_update_counts_entries_and_program_runs() {
     let keys: Vec<u8> = (0..B).flat_map(|i| key(500 + i)).collect();
     let values = vec![2u8; 4 * B as usize];
     assert_eq!(update_batch(&hash, &keys, &values, B), (0, B));
-
-    let prog = load_prog(&format!("ewtprog{tag}"));
-    let prog_name = format!("ewtprog{tag}");
 
     let want = |m: &Metrics| {
         ops(m, "edgewatch_bpf_map_updates_total", &hash.name, "ok") == u64::from(N + B)
@@ -202,16 +221,29 @@ fn exact_map_update_counts_entries_and_program_runs() {
         ]
     ));
 
-    // The attach chain lands on the syscall tracepoints on this kernel.
+    // The attach chain lands where this kernel says it must.
     assert_eq!(
         m.count(
             "edgewatch_probe_attached",
-            &[("probe", "map"), ("mode", "tracepoint")]
+            &[("probe", "map"), ("mode", mode)]
         ),
-        1
+        1,
+        "{}",
+        m.text
     );
+    assert_eq!(
+        m.count("edgewatch_ringbuf_lost_events_total", &[("probe", "map")]),
+        0
+    );
+    crate::common::promtool_check(&m.text);
+}
 
-    // A program the test loaded: exact run counts while edgewatch holds stats.
+/// A program the test loaded: exact run counts while edgewatch holds stats.
+fn program_runs(ew: &Edgewatch) {
+    let tag = std::process::id() % 100_000;
+    let prog = load_prog(&format!("ewtprog{tag}"));
+    let prog_name = format!("ewtprog{tag}");
+    let m = ew.scrape();
     let runs = |m: &Metrics| {
         m.count(
             "edgewatch_bpf_prog_runs_total",
@@ -263,4 +295,71 @@ fn a_burst_of_updates_is_counted_exactly_without_loss() {
         u64::from(BURST)
     );
     assert_eq!(lost(&m), lost0, "events lost at {rate:.0} updates/s");
+}
+
+/// Entries of hash maps against `--bpf.map-count-budget`. Where the kernel
+/// has `bpf_map_sum_elem_count` (6.6+) the budget plays no part: every
+/// hash map is exact. Before 6.6 the inventory walks hash maps smallest
+/// first within the budget: a map that fits is exact, a map larger than
+/// the whole budget reads `edgewatch_bpf_map_entries_exact 0` and has no
+/// entries or pressure (edgewatch's own hash maps have 16384 slots or more,
+/// so they come after the test's).
+#[test]
+fn map_count_budget_reports_maps_past_it_as_not_exact() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    const BUDGET: u32 = 5000;
+    let ew = Edgewatch::start(&[
+        "--probes",
+        "map",
+        &format!("--bpf.map-count-budget={BUDGET}"),
+    ]);
+    let tag = std::process::id() % 100_000;
+    let small = create(HASH, &format!("ewbs{tag}"), 4, 4, 4, 0);
+    let mid = create(HASH, &format!("ewbm{tag}"), 4, 4, 4096, 0);
+    let over = create(PERCPU_HASH, &format!("ewbo{tag}"), 4, 8, BUDGET + 1, 0);
+    let v4 = [3u8; 4];
+    let v8 = vec![3u8; 8 * possible_cpus()];
+    for i in 0..3 {
+        assert_eq!(update(&small, &key(i), &v4, BPF_ANY), 0);
+    }
+    for i in 0..3000 {
+        assert_eq!(update(&mid, &key(i), &v4, BPF_ANY), 0);
+    }
+    for i in 0..10 {
+        assert_eq!(update(&over, &key(i), &v8, BPF_ANY), 0);
+    }
+    let m = ew.scrape();
+    let exact = |name: &str| gauge(&m, "edgewatch_bpf_map_entries_exact", name);
+    for (map, live, max) in [(&small, 3, 4), (&mid, 3000, 4096)] {
+        assert_eq!(exact(&map.name), Some(1.0), "{}\n{}", map.name, m.text);
+        assert_eq!(
+            gauge(&m, "edgewatch_bpf_map_entries", &map.name),
+            Some(f64::from(live))
+        );
+        assert_eq!(
+            gauge(&m, "edgewatch_bpf_map_pressure", &map.name),
+            Some(f64::from(live) / f64::from(max))
+        );
+    }
+    if kernel().sum_elem_count {
+        assert_eq!(exact(&over.name), Some(1.0), "{}", m.text);
+        assert_eq!(
+            gauge(&m, "edgewatch_bpf_map_entries", &over.name),
+            Some(10.0)
+        );
+    } else {
+        assert_eq!(exact(&over.name), Some(0.0), "{}", m.text);
+        assert_eq!(gauge(&m, "edgewatch_bpf_map_entries", &over.name), None);
+        assert_eq!(gauge(&m, "edgewatch_bpf_map_pressure", &over.name), None);
+    }
+    assert_eq!(
+        m.count(
+            "edgewatch_scrape_errors_total",
+            &[("collector", "bpf_map_elem_count")]
+        ),
+        0
+    );
 }

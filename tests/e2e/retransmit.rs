@@ -168,8 +168,9 @@ fn assert_exact(kernel: u64, ours: u64, missed: u64, what: &str, text: &str) {
     }
 }
 
-/// edgewatch on the given attach path: the default (tp_btf here) or the
-/// classic tracepoint fallback.
+/// edgewatch on the given attach path: the default (whatever this
+/// kernel's chain picks first: tp_btf where tcp_retransmit_skb has `err`,
+/// 6.13+) or the classic tracepoint fallback.
 fn start(fallback: bool) -> (Edgewatch, &'static str) {
     let mut args = vec!["--probes", "retransmit", "--metrics.labels=peer"];
     if fallback {
@@ -177,7 +178,11 @@ fn start(fallback: bool) -> (Edgewatch, &'static str) {
     }
     (
         Edgewatch::start(&args),
-        if fallback { "tracepoint" } else { "tp_btf" },
+        if fallback {
+            "tracepoint"
+        } else {
+            crate::common::kernel::kernel().retransmit_mode()
+        },
     )
 }
 

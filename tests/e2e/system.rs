@@ -35,7 +35,11 @@ fn mounts_tracefs_when_missing() {
     let (code, stdout, stderr) = check_without_tracefs("");
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stderr.contains("mounted tracefs"), "{stderr}");
-    assert!(stdout.contains("connect: attached (tp_btf)"), "{stdout}");
+    let mode = crate::common::kernel::kernel().connect_mode();
+    assert!(
+        stdout.contains(&format!("connect: attached ({mode})")),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -141,11 +145,15 @@ fn known_series_are_exported_from_zero() {
             "skip reason {reason}"
         );
     }
-    for reason in ["connect", "timeout", "http_status", "encode"] {
+    for reason in edgewatch::export::otlp::ERROR_REASONS {
         assert!(
             m.has(
                 "edgewatch_export_errors_total",
-                &[("exporter", "otlp"), ("reason", reason)]
+                &[
+                    ("exporter", "otlp"),
+                    ("signal", "metrics"),
+                    ("reason", reason)
+                ]
             ),
             "export error reason {reason}"
         );

@@ -26,8 +26,10 @@ use edgewatch::{
     workload::{Workloads, hierarchy::Hierarchy, pods::PodLogs},
 };
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
+use opentelemetry_proto::tonic::{
+    common::v1::{KeyValue, any_value},
+    trace::v1::Span,
+};
 
 use crate::{
     common::{
@@ -35,7 +37,7 @@ use crate::{
         bpf::{HASH, create, put32, put64},
         poll, privileged, serial,
     },
-    otlp::attr_str,
+    otlp::receiver::{Certs, Received, Receiver},
 };
 
 /// The test's own sub-tree of the cgroup2 hierarchy; every directory in
@@ -494,6 +496,21 @@ fn removed_cgroups_leave_the_cache_and_new_ids_resolve() {
     );
 }
 
+/// A string attribute of a span.
+fn attr_str<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    match attrs
+        .iter()
+        .find(|a| a.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()?
+    {
+        any_value::Value::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
 /// Spans of a pod container's handshakes carry its workload under the
 /// semantic-convention names.
 #[test]
@@ -510,14 +527,20 @@ fn spans_carry_the_workload() {
     let id = format!("{:08x}", pid ^ 0x5).repeat(8);
     let uid = format!("{pid:08x}-0000-4000-8000-000000000005");
     fs::create_dir_all(logs.path().join(format!("pods/ewns_ewpod-s_{uid}/app"))).unwrap();
-    let (port, rx) = crate::otlp::collector();
-    let _ew = Edgewatch::start(&[
+    const TOKEN: &str = "ew-workload-e2e";
+    let certs = Certs::generate();
+    let rx = Receiver::start(&certs, TOKEN, false);
+    let mut ew = Edgewatch::start(&[
         "--probes",
         "connect",
         "--otlp.endpoint",
-        &format!("http://127.0.0.1:{port}"),
+        &rx.url(),
+        "--otlp.headers",
+        &format!("x-ew-token={TOKEN}"),
+        "--otlp.tls.ca-file",
+        certs.ca.to_str().unwrap(),
         "--otlp.interval-ms",
-        "200",
+        "300",
         "--otlp.traces",
         "--workload.pod-logs-dir",
         logs.path().join("pods").to_str().unwrap(),
@@ -529,28 +552,30 @@ fn spans_carry_the_workload() {
     let (path, _) = tree.mkdir(&rel);
     const CONNECTS: usize = 2;
     Worker::spawn(&ns, CONNECTS as u32, 0, -1).run_in(&tree.dir(&rel));
+    // SIGTERM makes the last push after the consumer stopped: every span
+    // of the worker's handshakes has been sent.
+    assert_eq!(ew.signal_and_wait(libc::SIGTERM), Some(0));
     let cgroup = format!("0::{path}");
-    let mut ours = Vec::new();
-    poll(Duration::from_secs(20), || {
-        while let Ok((p, body)) = rx.try_recv() {
-            if p != "/v1/traces" {
-                continue;
-            }
-            let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
-            for rs in req.resource_spans {
-                for ss in rs.scope_spans {
-                    ours.extend(ss.spans.into_iter().filter(|s| {
-                        attr_str(&s.attributes, "process.linux.cgroup") == Some(cgroup.as_str())
-                    }));
-                }
-            }
-        }
-        (ours.len() >= CONNECTS).then_some(())
-    })
-    .expect("a span per handshake of the pod's worker");
-    assert_eq!(ours.len(), CONNECTS);
+    let ours: Vec<Span> = rx
+        .received()
+        .into_iter()
+        .filter_map(|r| match r {
+            Received::Traces { req, .. } => Some(req),
+            _ => None,
+        })
+        .flat_map(|req| req.resource_spans)
+        .flat_map(|rs| rs.scope_spans)
+        .flat_map(|ss| ss.spans)
+        .filter(|s| attr_str(&s.attributes, "process.linux.cgroup") == Some(cgroup.as_str()))
+        .collect();
+    assert_eq!(
+        ours.len(),
+        CONNECTS,
+        "a span per handshake of the pod's worker"
+    );
     for s in &ours {
         let a = |k| attr_str(&s.attributes, k);
+        assert_eq!(s.name, "tcp.connect");
         assert_eq!(a("container.id"), Some(id.as_str()));
         assert_eq!(a("container.runtime.name"), Some("containerd"));
         assert_eq!(a("k8s.pod.uid"), Some(uid.as_str()));

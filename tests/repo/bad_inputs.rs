@@ -132,25 +132,44 @@ const CASES: &[Case] = &[
     ),
     case(
         &["--otlp.endpoint", "ftp://h:1"],
-        "otlp.endpoint: \"ftp://h:1\" is not an http:// URL",
+        "otlp.endpoint: \"ftp://h:1\": unsupported scheme \"ftp\"",
     ),
     case(
-        &["--otlp.endpoint", "https://h:4318"],
-        "https is not supported yet",
+        &[
+            "--otlp.endpoint",
+            "http://h:4318",
+            "--otlp.protocol",
+            "grpcx",
+        ],
+        "otlp.protocol: unknown protocol \"grpcx\"",
+    ),
+    case(
+        &[
+            "--otlp.endpoint",
+            "https://h:4318",
+            "--otlp.tls.ca-file",
+            "/nonexistent/ca.pem",
+        ],
+        "otlp.tls.ca_file: /nonexistent/ca.pem: No such file",
     ),
     case(
         &["--otlp.endpoint", "http://h:4318/?x=1#f"],
         "has a query or fragment",
     ),
     case(
-        &["--otlp.endpoint", "http://user:pw@h:4318"],
-        "\"http://***@h:4318\": credentials in the URL are not sent",
+        &[
+            "--otlp.endpoint",
+            "http://h:4318",
+            "--otlp.headers",
+            "novalue",
+        ],
+        "--otlp.headers: item 1 is not key=value",
     ),
     case(
         &["--otlp.interval-ms", "5"],
-        "otlp.interval_ms: 5 must be from 100",
+        "otlp.interval_ms: \"5\" must be",
     ),
-    case(&["--otlp.traces"], "otlp.traces: needs otlp.endpoint"),
+    case(&["--otlp.traces"], "otlp.traces: needs an endpoint"),
     case(
         &["--attach.disable", "uprobe"],
         "attach.disable[0]: unknown mode \"uprobe\"",
@@ -195,7 +214,7 @@ const CASES: &[Case] = &[
     case(&["--config.file", "$DIR/binary.yml"], "not UTF-8 text"),
     case(
         &["--config.file", "$DIR/otlp-timeout.yml"],
-        "otlp.timeout_ms: 10 must be from 100",
+        "otlp.timeout_ms: \"0\" must be a number of milliseconds",
     ),
     case(
         &["--config.file", "$DIR/spans.yml"],
@@ -282,7 +301,10 @@ fn files(dir: &Path) {
     );
     w("newline-key.yml", "\"a\\nb\": 1\n");
     std::fs::write(dir.join("binary.yml"), [0xff, 0xfe, 0x00, 0x01]).unwrap();
-    w("otlp-timeout.yml", "otlp:\n  timeout_ms: 10\n");
+    w(
+        "otlp-timeout.yml",
+        "otlp:\n  endpoint: http://h:4318\n  timeout_ms: 0\n",
+    );
     w("spans.yml", "otlp:\n  max_queued_spans: 0\n");
     w(
         "long-value.yml",

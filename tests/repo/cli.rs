@@ -164,3 +164,130 @@ fn an_oversized_blocklist_is_refused_before_attaching() {
     );
     assert_eq!(stderr.matches("262145").count(), 1, "said once: {stderr}");
 }
+
+/// Bad OTLP settings stop start-up with one line naming the setting, exit
+/// 2, before anything is loaded: by flag, and by OTEL_* variable.
+/// Flags, environment, and what stderr must say.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+#[test]
+fn bad_otlp_settings_exit_2_with_one_line() {
+    let cases: &[Case] = &[
+        (
+            &[
+                "--otlp.endpoint",
+                "http://127.0.0.1:4318",
+                "--otlp.protocol",
+                "http/json",
+            ],
+            &[],
+            "otlp.protocol: unknown protocol \"http/json\" (known: grpc, http/protobuf)",
+        ),
+        (
+            &[
+                "--otlp.endpoint",
+                "http://127.0.0.1:4318",
+                "--otlp.headers",
+                "authorization",
+            ],
+            &[],
+            "--otlp.headers: item 1 is not key=value",
+        ),
+        (
+            &[
+                "--otlp.endpoint",
+                "http://127.0.0.1:4318",
+                "--otlp.headers",
+                "bad name=x",
+            ],
+            &[],
+            "otlp.headers: \"bad name\" is not a valid header name",
+        ),
+        (
+            &[
+                "--otlp.endpoint",
+                "https://127.0.0.1:4318",
+                "--otlp.tls.ca-file",
+                "/nonexistent/ca.pem",
+            ],
+            &[],
+            "otlp.tls.ca_file: /nonexistent/ca.pem: No such file or directory",
+        ),
+        (
+            &["--otlp.endpoint", "ftp://user:secret@127.0.0.1:4318"],
+            &[],
+            "otlp.endpoint: \"ftp://<redacted>@127.0.0.1:4318\": unsupported scheme \"ftp\"",
+        ),
+        (
+            &[],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "udp"),
+            ],
+            "OTEL_EXPORTER_OTLP_PROTOCOL: unknown protocol \"udp\"",
+        ),
+        (
+            &[],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:4317"),
+                ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+            ],
+            "OTEL_EXPORTER_OTLP_CERTIFICATE: /nonexistent/ca.pem: No such file or directory",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let out = Command::new(crate::common::binary())
+            .args(*args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(expected), "{args:?} {env:?}: {stderr}");
+        assert!(!stderr.contains("secret"), "{stderr}");
+    }
+}
+
+/// `edgewatch bench maps` without its privileges says which it lacks, in
+/// one line, and exits 1: no root-only surprise. As root, the binary runs
+/// as nobody (a copy: the build tree may not be open to nobody).
+#[test]
+fn bench_maps_names_the_privileges_it_lacks() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("edgewatch");
+    std::fs::copy(crate::common::binary(), &copy).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for p in [dir.path(), copy.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let copy = copy.to_str().unwrap();
+    let mut cmd = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", copy]);
+        c
+    } else {
+        Command::new(copy)
+    };
+    let out = cmd.args(["bench", "maps"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    for needed in ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "setcap"] {
+        assert!(stderr.contains(needed), "{needed}: {stderr}");
+    }
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bench_maps_has_help_and_rejects_exporter_flags() {
+    let (code, stdout, _) = edgewatch(&["bench", "maps", "--help"]);
+    assert_eq!(code, Some(0));
+    for flag in ["--format", "--rounds", "--runs", "--entries"] {
+        assert!(stdout.contains(flag), "{flag} missing: {stdout}");
+    }
+    let (code, _, stderr) = edgewatch(&["--probes", "map", "bench", "maps"]);
+    assert_eq!(code, Some(2), "{stderr}");
+}

@@ -32,12 +32,22 @@ fn yaml(path: &str) -> Value {
 /// `promtool test rules`: every alert fires on series that should fire it
 /// and stays quiet on series beside them that should not (alert_rule_test
 /// compares the whole list of firing alerts, so a quiet series that fired
-/// fails). Checked here too: every alert in rules.yml has a case where it
-/// fires and a case where it must not.
+/// fails), for every file in deploy/prometheus/tests/. Checked here too:
+/// every alert in rules.yml has a case where it fires and a case where it
+/// must not.
 #[test]
 fn every_alert_has_rule_unit_tests_and_they_pass() {
-    let tests = repo("deploy/prometheus/rules_test.yml");
-    promtool(&["test", "rules", tests.to_str().unwrap()]);
+    let mut files: Vec<String> = std::fs::read_dir(repo("deploy/prometheus/tests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yml"))
+        .map(|p| p.to_str().unwrap().to_string())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no rule unit tests");
+    for f in &files {
+        promtool(&["test", "rules", f]);
+    }
 
     let rules = yaml("deploy/prometheus/rules.yml");
     let alerts: BTreeSet<String> = rules["groups"]
@@ -49,10 +59,14 @@ fn every_alert_has_rule_unit_tests_and_they_pass() {
         .collect();
     assert!(!alerts.is_empty());
     let (mut fires, mut quiet) = (BTreeSet::new(), BTreeSet::new());
-    for t in yaml("deploy/prometheus/rules_test.yml")["tests"]
-        .as_sequence()
-        .unwrap()
-    {
+    let cases: Vec<Value> = files
+        .iter()
+        .flat_map(|f| {
+            let v: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+            v["tests"].as_sequence().cloned().unwrap_or_default()
+        })
+        .collect();
+    for t in &cases {
         for case in t["alert_rule_test"].as_sequence().into_iter().flatten() {
             let name = case["alertname"].as_str().unwrap().to_string();
             let exp = case["exp_alerts"].as_sequence().map_or(0, Vec::len);

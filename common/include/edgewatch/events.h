@@ -20,6 +20,7 @@
 #define EW_KIND_TCP_CONNECT 2
 #define EW_KIND_RETRANSMIT 3
 #define EW_KIND_MAP_OP 4
+#define EW_KIND_BPF_CHANGE 5
 
 /* Probe ids: index into the per-CPU `ew_lost` array counting records the
  * kernel could not reserve. */
@@ -65,7 +66,7 @@ struct ew_tcp_connect {
 
 /* ew_retransmit.flags */
 #define EW_RTX_SYNACK 1  /* tcp:tcp_retransmit_synack (always counted, 1 segment) */
-#define EW_RTX_HAS_ERR 2 /* the tracepoint carries err (6.12+): it also fires
+#define EW_RTX_HAS_ERR 2 /* the tracepoint carries err (6.13+): it also fires
                           * on early exits that never reach the counter */
 
 /* One tcp:tcp_retransmit_skb or tcp:tcp_retransmit_synack event. */
@@ -82,6 +83,12 @@ struct ew_retransmit {
 	__u8 daddr[16]; /* remote address; IPv4 in the first 4 bytes */
 };
 
+/* ew_map_op.hashed: only single-element calls, and only when the loader
+ * set ew_map_hashes (--otlp.map-key-hashes). */
+#define EW_MAP_KEY_HASHED 1
+#define EW_MAP_VALUE_HASHED 2
+#define EW_MAP_HASH_MAX 256
+
 /* One map update or delete (single element or batch) from any process. */
 struct ew_map_op {
 	struct ew_hdr hdr;
@@ -93,10 +100,24 @@ struct ew_map_op {
 	__u32 count;       /* batch: attr.batch.count after the call; 1 otherwise */
 	__u32 requested;   /* batch: attr.batch.count before the call; 1 otherwise */
 	__u16 cmd;         /* BPF_MAP_UPDATE_ELEM, _DELETE_ELEM, _UPDATE_BATCH, _DELETE_BATCH */
-	__u16 _pad;
+	__u16 hashed;      /* EW_MAP_*_HASHED: which of the hashes below are set */
 	__u32 _pad2;
 	char map_name[16];
 	char comm[EW_COMM_LEN];
+	__u64 key_hash;    /* FNV-1a 64 of the key (first EW_MAP_HASH_MAX bytes) */
+	__u64 value_hash;  /* likewise of the value written (updates) */
+};
+
+/* A bpf() call that may change which programs use which maps, and that
+ * succeeded: BPF_PROG_LOAD, BPF_PROG_ATTACH, BPF_PROG_DETACH,
+ * BPF_RAW_TRACEPOINT_OPEN, BPF_LINK_CREATE, BPF_LINK_UPDATE,
+ * BPF_LINK_DETACH, BPF_PROG_BIND_MAP. User space re-reads every program's
+ * map ids before it judges the map writes that follow. */
+struct ew_bpf_change {
+	struct ew_hdr hdr;
+	__u32 tgid;
+	__u16 cmd;
+	__u16 _pad;
 };
 
 /* One map of the inventory iterator (iter/bpf_map), written with

@@ -6,7 +6,7 @@
  * Where TcpRetransSegs moves (net/ipv4/tcp_output.c, 6.18):
  * - __tcp_retransmit_skb() adds tcp_skb_pcount(skb) after trimming,
  *   fragmenting and re-segmenting the skb, before transmitting it. Since
- *   6.12 the tracepoint fires at the function's end with `err`, also on the
+ *   6.13 the tracepoint fires at the function's end with `err`, also on the
  *   early exits that return before the counter (-EBUSY still in host queue,
  *   -EINVAL, -ENOMEM, -EHOSTUNREACH from rebuild_header, -EAGAIN zero
  *   window). A transmit failure after the counter also shows as err != 0.
@@ -18,14 +18,14 @@
  * The skb's pcount is read at the tracepoint, i.e. after the kernel's own
  * re-segmentation, which is the value it added to the counter.
  *
- * Kernels before 6.12 use trace_event_raw_tcp_event_sk_skb (no err) and fire
+ * Kernels before 6.13 (Debian's 6.12.117 included) use trace_event_raw_tcp_event_sk_skb (no err) and fire
  * only after a successful transmit: the ___old flavour handles that layout
  * in the same object (bpf_core_type_exists picks the branch at load time).
  *
  * tp_btf versions of both hooks are tried first (BTF-enabled raw
  * tracepoints, 5.5+): they read the socket and skb directly and spare the
  * kernel building the classic record. tp_btf/tcp_retransmit_skb takes the
- * third argument (err) only where the tracepoint has it (6.12+); on older
+ * third argument (err) only where the tracepoint has it (6.13+); on older
  * kernels the verifier refuses that load and user space falls back to the
  * classic tracepoints, which handle both layouts.
  *

@@ -22,9 +22,9 @@ use super::{
 use crate::vocab::{
     clock::ns_to_seconds,
     errno,
-    kernel::{family_name, ip_addr, name_label},
+    kernel::{family_name, name_label},
     labels::{Foldable, OptInLabels, OptLabels, SeriesCap},
-    spans::{SpanRecord, SpanSource},
+    spans::{SpanData, SpanRecord},
 };
 
 /// connect() results with a label of their own; any other errno is `other`.
@@ -231,36 +231,26 @@ impl ConnectAggregator {
         TcpHandles { connects, duration }
     }
 
+    /// Queues a handshake span if the sampler admits it (decided before
+    /// anything is built; attributes are built at export time).
     fn span(&self, t: &TcpConnect) {
-        let end = self.ctx.clock.unix_nanos(t.hdr.ts_ns);
-        self.ctx.spans.push(SpanRecord {
-            name: "tcp.connect",
-            start_unix_ns: end.saturating_sub(t.duration_ns),
-            end_unix_ns: end,
-            source: SpanSource::Handshake(*t),
-            workload: self.ctx.span_workload(t),
-        });
+        if let Some(span) = self.ctx.spans.admit(t.hdr.ts_ns) {
+            let end = self.ctx.clock.unix_nanos(t.hdr.ts_ns);
+            span.push(SpanRecord {
+                start_unix_ns: end.saturating_sub(t.duration_ns),
+                end_unix_ns: end,
+                data: SpanData::TcpConnect {
+                    family: t.family,
+                    daddr: t.daddr,
+                    dport: t.dport,
+                    tgid: t.tgid,
+                    comm: t.comm,
+                    outcome: outcome(t.newstate, t.sk_err),
+                },
+                workload: self.ctx.span_workload(t),
+            });
+        }
     }
-}
-
-/// A handshake span's attributes, and its error status when it failed.
-pub fn span_attributes(t: &TcpConnect) -> (Vec<(&'static str, String)>, Option<String>) {
-    let outcome = outcome(t.newstate, t.sk_err);
-    let mut attributes = vec![
-        ("network.type", family_name(t.family).to_string()),
-        ("network.transport", "tcp".to_string()),
-        ("network.peer.port", t.dport.to_string()),
-        ("process.pid", t.tgid.to_string()),
-        ("process.command", name_label(&t.comm).to_string()),
-        ("edgewatch.outcome", outcome.to_string()),
-    ];
-    if let Some(p) = ip_addr(t.family, &t.daddr) {
-        attributes.push(("network.peer.address", p.to_string()));
-    }
-    (
-        attributes,
-        (outcome != "established").then(|| outcome.to_string()),
-    )
 }
 
 impl OnRecord<ConnectCall> for ConnectAggregator {
@@ -364,6 +354,7 @@ mod tests {
             clock: Clock::fixed(0),
             spans: SpanSink::default(),
             workloads: crate::workload::Workloads::off(),
+            refs: Default::default(),
         };
         let mut agg = ConnectAggregator::register(&mut registry, &ctx);
         if small_tables {

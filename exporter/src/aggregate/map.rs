@@ -12,10 +12,13 @@
 //! `metrics.series_limit` label sets per family (past it, map_id, map_name,
 //! comm and the workload labels read `_overflow`); the duration histogram has one series per
 //! map type (about 35); the last-update gauge one per map, same cap.
+//!
+//! Every call on a resolved map also goes to the hot-update doctor
+//! (aggregate/doctor.rs): was the map used by any program, who writes it.
 
 use std::sync::Arc;
 
-use edgewatch_common::{COMM_LEN, MapOp};
+use edgewatch_common::{BpfChange, COMM_LEN, MAP_KEY_HASHED, MAP_VALUE_HASHED, MapOp};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -25,13 +28,14 @@ use prometheus_client::{
 use super::{
     Context, OnRecord, Reconfigure,
     cache::{Capped, HandleCache},
+    doctor::Doctor,
 };
 use crate::vocab::{
     clock::ns_to_seconds,
     errno,
     kernel::{map_type_name, name_label},
     labels::{Foldable, OVERFLOW, OptInLabels, OptLabels, SeriesCap},
-    spans::{SpanRecord, SpanSource},
+    spans::{SpanData, SpanRecord},
 };
 
 /// Map-operation results with a label of their own.
@@ -165,6 +169,7 @@ pub struct MapAggregator {
     last_handles: HandleCache<MapKey, Capped<TimeGauge>>,
     /// Duration histograms by map type (`TYPE_SLOTS` for unknown).
     durations: Vec<Option<Histogram>>,
+    doctor: Doctor,
 }
 
 impl MapAggregator {
@@ -194,7 +199,9 @@ impl MapAggregator {
             "Unix time of the last successful update of each map",
             last_update.clone(),
         );
+        let doctor = Doctor::register(registry, ctx);
         Self {
+            doctor,
             updates_cap: ctx.cap("edgewatch_bpf_map_updates_total"),
             deletes_cap: ctx.cap("edgewatch_bpf_map_deletes_total"),
             last_cap: ctx.cap("edgewatch_bpf_map_last_update_timestamp_seconds"),
@@ -310,41 +317,31 @@ impl MapAggregator {
         self.last_handles.insert(key, h);
     }
 
+    /// Queues a map-call span if the sampler admits it (decided before
+    /// anything is built; attributes are built at export time).
     fn span(&self, op: &MapOp, update: bool) {
-        let end = self.ctx.clock.unix_nanos(op.hdr.ts_ns);
-        self.ctx.spans.push(SpanRecord {
-            name: if update {
-                "bpf.map.update"
-            } else {
-                "bpf.map.delete"
-            },
-            start_unix_ns: end.saturating_sub(op.duration_ns),
-            end_unix_ns: end,
-            source: SpanSource::MapCall(*op),
-            workload: self.ctx.span_workload(op),
-        });
+        if let Some(span) = self.ctx.spans.admit(op.hdr.ts_ns) {
+            let end = self.ctx.clock.unix_nanos(op.hdr.ts_ns);
+            let (ok, failed) = split(op);
+            span.push(SpanRecord {
+                start_unix_ns: end.saturating_sub(op.duration_ns),
+                end_unix_ns: end,
+                data: SpanData::MapCall {
+                    update,
+                    map_id: op.map_id,
+                    map_name: op.map_name,
+                    map_type: Self::type_label(op),
+                    elements: ok + u64::from(failed.is_some()),
+                    tgid: op.tgid,
+                    comm: op.comm,
+                    error: failed.map(|ret| errno::result_label(ret, RESULTS)),
+                    key_hash: (op.hashed & MAP_KEY_HASHED != 0).then_some(op.key_hash),
+                    value_hash: (op.hashed & MAP_VALUE_HASHED != 0).then_some(op.value_hash),
+                },
+                workload: self.ctx.span_workload(op),
+            });
+        }
     }
-}
-
-/// A map call span's attributes, and its error status when it failed.
-pub fn span_attributes(op: &MapOp) -> (Vec<(&'static str, String)>, Option<String>) {
-    let elements = elements(op);
-    let failed = elements
-        .iter()
-        .find(|(r, _)| *r != "ok")
-        .map(|(r, _)| r.to_string());
-    let total: u64 = elements.iter().map(|(_, n)| n).sum();
-    (
-        vec![
-            ("bpf.map.id", op.map_id.to_string()),
-            ("bpf.map.name", name_label(&op.map_name).to_string()),
-            ("bpf.map.type", MapAggregator::type_label(op).to_string()),
-            ("bpf.map.elements", total.to_string()),
-            ("process.pid", op.tgid.to_string()),
-            ("process.command", name_label(&op.comm).to_string()),
-        ],
-        failed,
-    )
 }
 
 impl OnRecord<MapOp> for MapAggregator {
@@ -358,6 +355,9 @@ impl OnRecord<MapOp> for MapAggregator {
         }
         if let Some(ret) = failed {
             self.count(op, update, ret, 1);
+        }
+        if op.map_id != 0 {
+            self.doctor.on_write(op, ok, Self::type_label(op));
         }
         if update {
             self.duration(op).observe(ns_to_seconds(op.duration_ns));
@@ -384,6 +384,14 @@ impl Reconfigure for MapAggregator {
     }
 }
 
+/// A program load, attach or link change: the doctor re-reads which
+/// programs use which maps before it judges the next write.
+impl OnRecord<BpfChange> for MapAggregator {
+    fn on(&mut self, change: &BpfChange) {
+        self.doctor.on_change(change.tgid);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use bytemuck::Zeroable;
@@ -397,6 +405,63 @@ mod tests {
         o.requested = requested;
         o.count = count;
         o
+    }
+
+    #[test]
+    fn spans_carry_the_hashes_the_kernel_set() {
+        use crate::vocab::{
+            clock::Clock,
+            labels::OptInLabels,
+            spans::{DropCounters, SpanData, SpanLimits, SpanSink},
+        };
+
+        let limits = SpanLimits {
+            sample_ratio: 1.0,
+            max_per_second: 0,
+            max_queued: 10,
+        };
+        let spans = SpanSink::enabled(limits, DropCounters::default(), 1);
+        let ctx = Context {
+            labels: OptInLabels::default(),
+            series_limit: 10,
+            series_dropped: Family::default(),
+            clock: Clock::fixed(0),
+            spans: spans.clone(),
+            refs: Default::default(),
+            workloads: Default::default(),
+        };
+        let mut agg = MapAggregator::register(&mut Registry::default(), &ctx);
+        let mut hashed = op(2, 0, 1, 1);
+        hashed.map_id = 5;
+        hashed.hashed = MAP_KEY_HASHED | MAP_VALUE_HASHED;
+        hashed.key_hash = 0xaf63_bd4c_8601_b7df;
+        hashed.value_hash = 1;
+        agg.on(&hashed);
+        let mut delete = op(3, 0, 1, 1);
+        delete.hashed = MAP_KEY_HASHED;
+        delete.key_hash = 2;
+        agg.on(&delete);
+        agg.on(&op(2, 0, 1, 1));
+        let got: Vec<(Option<u64>, Option<u64>)> = spans
+            .peek(10)
+            .iter()
+            .map(|s| match s.data {
+                SpanData::MapCall {
+                    key_hash,
+                    value_hash,
+                    ..
+                } => (key_hash, value_hash),
+                SpanData::TcpConnect { .. } => (None, None),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(0xaf63_bd4c_8601_b7df), Some(1)),
+                (Some(2), None),
+                (None, None),
+            ]
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod cgroup;
 pub mod connect;
+pub mod doctor;
 pub mod map;
 pub mod retransmit;
 
@@ -19,7 +20,8 @@ use crate::{
         clock::Clock,
         kernel::ip_addr,
         labels::{Foldable, MetricLabel, OptInLabels, OptLabels, SeriesCap},
-        spans::{SpanSink, SpanSource},
+        refs::References,
+        spans::SpanSink,
         workload::Workload,
     },
     workload::Workloads,
@@ -49,18 +51,11 @@ pub struct Context {
     pub clock: Clock,
     /// Where spans go (off unless OTLP traces are on).
     pub spans: SpanSink,
+    /// Which loaded programs use which maps (the map probe's doctor).
+    pub refs: References,
     /// cgroup ids to workloads (off unless a workload label or spans need
     /// it).
     pub workloads: Workloads,
-}
-
-/// A span's attributes (built at export time, off the hot path) and its
-/// error status when it failed.
-pub fn span_attributes(source: &SpanSource) -> (Vec<(&'static str, String)>, Option<String>) {
-    match source {
-        SpanSource::Handshake(t) => connect::span_attributes(t),
-        SpanSource::MapCall(op) => map::span_attributes(op),
-    }
 }
 
 impl Context {

@@ -30,8 +30,8 @@ use crate::{
         xdp::{XdpCollector, XdpMetrics},
     },
     system,
-    telemetry::{ExportErrorLabels, ProbeModeLabels, Telemetry},
-    vocab::{build_info::BuildInfo, clock::Clock, spans::SpanSink},
+    telemetry::{ExportErrorLabels, ProbeModeLabels, Telemetry, events::CollectorFailed},
+    vocab::{build_info::BuildInfo, clock::Clock, refs::References, spans::SpanSink},
     workload::Workloads,
 };
 
@@ -86,13 +86,17 @@ pub fn build_registry(
     let mut registry = Registry::default();
     let telemetry = Telemetry::register_with_build(&mut registry, &fixed.build);
     let clock = fixed.clock;
-    let spans = match settings.otlp_traces {
-        Some(_) => SpanSink::enabled(settings.max_queued_spans, telemetry.spans_dropped.clone()),
-        None => SpanSink::default(),
+    let spans = match &settings.otlp {
+        Some(o) if o.traces.is_some() => SpanSink::enabled(
+            o.spans,
+            telemetry.span_drop_counters(),
+            crate::vocab::clock::unix_nanos(),
+        ),
+        _ => SpanSink::default(),
     };
     // Workload resolution (and its self-metrics) only when a label or the
     // spans use it.
-    let workloads = if settings.labels.workload() || settings.otlp_traces.is_some() {
+    let workloads = if settings.labels.workload() || spans.is_on() {
         Workloads::start(&settings.pod_logs_dir, &mut registry, &telemetry)
     } else {
         Workloads::off()
@@ -104,6 +108,7 @@ pub fn build_registry(
         clock,
         spans: spans.clone(),
         workloads: workloads.clone(),
+        refs: references(sources, clock, &telemetry),
     };
     let probes: Vec<&'static dyn Probe> = settings.enabled_probes().collect();
     let sinks: Vec<_> = probes
@@ -116,14 +121,22 @@ pub fn build_registry(
         }
     }
     telemetry.register_export_errors(&mut registry);
-    if settings.otlp.is_some() {
-        for reason in export::otlp::ERROR_REASONS {
-            telemetry
-                .export_errors
-                .get_or_create_owned(&ExportErrorLabels {
-                    exporter: "otlp",
-                    reason,
-                });
+    if let Some(otlp) = &settings.otlp {
+        let signals: &[&'static str] = if otlp.traces.is_some() {
+            &["metrics", "traces"]
+        } else {
+            &["metrics"]
+        };
+        for &signal in signals {
+            for reason in export::otlp::ERROR_REASONS {
+                telemetry
+                    .export_errors
+                    .get_or_create_owned(&ExportErrorLabels {
+                        exporter: "otlp",
+                        signal,
+                        reason,
+                    });
+            }
         }
     }
     if let Some(metrics) = xdp {
@@ -174,6 +187,22 @@ pub fn build_registry(
     }
 }
 
+/// Which programs use which maps, read from `sources` when first asked;
+/// failed reads are counted as scrape errors of `bpf_map_references`.
+fn references(sources: &mut dyn Sources, clock: Clock, telemetry: &Telemetry) -> References {
+    let telemetry = telemetry.clone();
+    References::new(
+        sources.references(),
+        clock,
+        Box::new(move |error: &str| {
+            telemetry.emit(CollectorFailed {
+                collector: "bpf_map_references",
+                error: &error,
+            })
+        }),
+    )
+}
+
 /// An agent with every enabled probe attached (or honestly not), the XDP
 /// datapath up when configured, and its registry wired.
 pub struct Agent {
@@ -185,6 +214,9 @@ pub struct Agent {
     pub datapath: Option<Result<Datapath, XdpError>>,
     /// Whether the map inventory's iterator loaded (map probe only).
     pub iterator: Option<Result<(), String>>,
+    /// How hash maps are counted (map probe only): by the kfunc (None) or
+    /// by the element iterator within a budget.
+    pub elem_count: Option<Result<Option<u64>, String>>,
     /// The tracing object; dropping it detaches every probe.
     pub bpf: Arc<Mutex<Ebpf>>,
     _stats: Option<std::os::fd::OwnedFd>,
@@ -263,6 +295,8 @@ impl Agent {
                 .and_then(|d| d.as_mut().ok())
                 .and_then(|d| d.stats.take()),
             iterator: None,
+            map_count_budget: settings.map_count_budget,
+            elem_count: None,
         };
         let wiring = build_registry(
             settings,
@@ -277,6 +311,7 @@ impl Agent {
             ring,
             datapath,
             iterator: sources.iterator,
+            elem_count: sources.elem_count,
             bpf,
             _stats: stats,
         })
@@ -296,8 +331,9 @@ fn load(settings: &Settings) -> Result<Ebpf> {
     let btf = aya::Btf::from_sys_fs().ok();
     let kfunc = bpfobj::kernel_func_id(btf.as_ref(), bpfobj::SUM_ELEM_COUNT);
     if kfunc.is_none() {
-        tracing::warn!(
-            "this kernel has no {} (6.6+): hash-map entries and pressure are not exported",
+        tracing::info!(
+            budget = settings.map_count_budget,
+            "this kernel has no {} (6.6+): hash maps are counted by walking them, within bpf.map_count_budget slots per scrape",
             bpfobj::SUM_ELEM_COUNT
         );
     }
@@ -305,6 +341,7 @@ fn load(settings: &Settings) -> Result<Ebpf> {
     EbpfLoader::new()
         .map_max_entries("ew_events", settings.ringbuf_size)
         .override_global("ew_wakeup_bytes", &settings.wakeup_bytes, true)
+        .override_global("ew_map_hashes", &u32::from(settings.map_key_hashes), true)
         .load(&object)
         .context("loading the BPF object")
 }

@@ -2,7 +2,7 @@
 //! attach, report, detach) or run it (pipeline, scrape endpoint, OTLP push,
 //! signals).
 
-use std::{process::ExitCode, sync::Arc};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use tokio::sync::watch;
@@ -13,16 +13,21 @@ use prometheus_client::registry::Registry;
 use crate::{
     caps,
     config::Settings,
-    export::{self, otlp::OtlpSettings},
+    export,
     pipeline::{FlushHandle, Pipeline},
     telemetry::Telemetry,
-    vocab::{redact, spans::SpanSink},
+    vocab::spans::SpanSink,
     web,
 };
 
-/// `--config.check`: attaches everything, prints one line per probe and
-/// for the inventory and XDP, detaches. Exit 1 if anything failed.
+/// `--config.check`: prints the effective OTLP settings (secrets
+/// redacted), attaches everything, prints one line per probe and for the
+/// inventory and XDP, detaches. Exit 1 if anything failed.
 pub fn check(settings: &Settings) -> Result<ExitCode> {
+    match &settings.otlp {
+        Some(otlp) => println!("{otlp}"),
+        None => println!("otlp: off"),
+    }
     let agent = Agent::start(settings)?;
     for a in &agent.attached {
         match &a.result {
@@ -31,7 +36,21 @@ pub fn check(settings: &Settings) -> Result<ExitCode> {
         }
     }
     match &agent.iterator {
-        Some(Ok(())) => println!("map inventory: iterator loaded"),
+        Some(Ok(())) => {
+            println!("map inventory: iterator loaded");
+            match &agent.elem_count {
+                Some(Ok(None)) => {
+                    println!("map inventory: hash maps counted by bpf_map_sum_elem_count")
+                }
+                Some(Ok(Some(b))) => println!(
+                    "map inventory: hash maps counted by the element iterator (budget {b} slots per scrape)"
+                ),
+                Some(Err(e)) => {
+                    println!("map inventory: element iterator FAILED (no hash-map entries): {e}")
+                }
+                None => {}
+            }
+        }
         Some(Err(e)) => println!("map inventory: iterator FAILED (no entries/pressure): {e}"),
         None => {}
     }
@@ -74,11 +93,25 @@ pub fn run(settings: Settings, reload: Reload) -> Result<ExitCode> {
 /// The settings a running agent cannot change: their new values take
 /// effect at the next start. Each as (config key, changed).
 fn restart_only(old: &Settings, new: &Settings) -> Vec<&'static str> {
+    let traces = |s: &Settings| s.otlp.as_ref().is_some_and(|o| o.traces.is_some());
+    let spans = |s: &Settings| s.otlp.as_ref().map(|o| o.spans);
     [
         ("web.listen_address", old.listen != new.listen),
         (
             "web.telemetry_path",
             old.telemetry_path != new.telemetry_path,
+        ),
+        (
+            "web.config_file",
+            old.web_config_file != new.web_config_file,
+        ),
+        (
+            "web.max_connections",
+            old.web_max_connections != new.web_max_connections,
+        ),
+        (
+            "capabilities.keep",
+            old.capabilities_keep != new.capabilities_keep,
         ),
         ("probes", old.probes != new.probes),
         ("attach.disable", old.disabled_modes != new.disabled_modes),
@@ -95,13 +128,10 @@ fn restart_only(old: &Settings, new: &Settings) -> Vec<&'static str> {
             "log",
             old.log_level != new.log_level || old.log_json != new.log_json,
         ),
+        ("otlp traces on or off", traces(old) != traces(new)),
         (
-            "otlp.traces",
-            old.otlp_traces.is_some() != new.otlp_traces.is_some(),
-        ),
-        (
-            "otlp.max_queued_spans",
-            old.max_queued_spans != new.max_queued_spans,
+            "otlp span sampling, rate and queue",
+            traces(old) && traces(new) && spans(old) != spans(new),
         ),
     ]
     .into_iter()
@@ -113,6 +143,8 @@ fn restart_only(old: &Settings, new: &Settings) -> Vec<&'static str> {
 struct Otlp {
     task: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
+    /// How long its last push may take.
+    bound: Duration,
 }
 
 impl Otlp {
@@ -120,33 +152,41 @@ impl Otlp {
         settings: &Settings,
         registry: &Arc<Registry>,
         flush: &FlushHandle,
-        wiring: &Shared,
-    ) -> Option<Self> {
-        let uri = settings.otlp.clone()?;
-        tracing::info!(endpoint = %redact::url(&uri.to_string()), interval = ?settings.otlp_interval, "pushing metrics over OTLP/HTTP");
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(export::otlp::run(
-            OtlpSettings {
-                uri,
-                traces: settings
-                    .otlp_traces
-                    .clone()
-                    .map(|u| (u, wiring.spans.clone())),
-                interval: settings.otlp_interval,
-                timeout: settings.otlp_timeout,
-            },
+        shared: &Shared,
+    ) -> Result<Option<Self>> {
+        let Some(o) = &settings.otlp else {
+            return Ok(None);
+        };
+        let exporter = export::otlp::Exporter::new(
+            o,
+            shared.spans.clone(),
             registry.clone(),
             flush.clone(),
-            wiring.telemetry.clone(),
-            stop_rx,
-        ));
-        Some(Self { task, stop })
+            shared.telemetry.clone(),
+        )?;
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(exporter.run(stop_rx));
+        // The last push is bounded by the request timeout; this bounds it
+        // again should anything hang.
+        let bound = o
+            .metrics
+            .iter()
+            .chain(&o.traces)
+            .map(|t| t.timeout)
+            .max()
+            .unwrap_or_default()
+            + Duration::from_secs(1);
+        Ok(Some(Self { task, stop, bound }))
     }
 
-    /// Stops it after one last push.
+    /// Stops it after one last push, within its bound.
     async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(self.bound, self.task).await.is_err() {
+            abort.abort();
+            tracing::warn!("the OTLP exporter did not stop in time");
+        }
     }
 }
 
@@ -158,14 +198,11 @@ struct Shared {
     workloads: bool,
 }
 
-fn otlp_changed(old: &Settings, new: &Settings) -> bool {
-    old.otlp != new.otlp
-        || old.otlp_traces != new.otlp_traces
-        || old.otlp_interval != new.otlp_interval
-        || old.otlp_timeout != new.otlp_timeout
-}
-
 async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
+    // Before anything is logged as ready: a SIGTERM sent as soon as
+    // "listening" shows must find the handler (the default action would
+    // kill the process without its last push).
+    let mut signals = Signals::install()?;
     // Bind first: an address in use fails before anything is attached.
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -190,7 +227,10 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
         .context("registering the ring buffer with tokio")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let consumer = tokio::spawn(pipeline.run(stop_rx.clone()));
+    // The consumer stops first, after a last drain: what the last OTLP
+    // push reads (metrics and queued spans) is then one consistent cut.
+    let (consumer_stop, consumer_stop_rx) = watch::channel(false);
+    let consumer = tokio::spawn(pipeline.run(consumer_stop_rx));
     let mut registry = wiring.registry;
     let web = Arc::new(
         web::Web::new(
@@ -209,15 +249,12 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
         spans: wiring.spans,
         workloads: wiring.workloads.is_on(),
     };
-    let mut otlp = Otlp::start(&settings, &registry, &flush, &shared);
+    let mut otlp = Otlp::start(&settings, &registry, &flush, &shared)?;
     let app = export::prometheus::router(export::prometheus::AppState {
         registry: registry.clone(),
         flush: Some(flush.clone()),
         telemetry_path: settings.telemetry_path.clone(),
     });
-    // Before the "listening" line: a signal sent as soon as it appears must
-    // find its handler installed.
-    let mut signals = Signals::install()?;
     let address = listener
         .local_addr()
         .context("reading the listen address")?;
@@ -272,17 +309,24 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
                     running.labels = labels;
                     running.series_limit = new.series_limit;
                 }
-                if otlp_changed(&running, &new)
-                    && running.otlp_traces.is_some() == new.otlp_traces.is_some()
-                {
-                    if let Some(o) = otlp.take() {
-                        o.stop().await;
+                // Endpoints, protocol, TLS, headers, interval: a new push
+                // task (the span sink stays, so its limits need a restart).
+                if running.otlp != new.otlp && !restart.iter().any(|k| k.starts_with("otlp")) {
+                    let mut next = running.clone();
+                    next.otlp = new.otlp.clone();
+                    match Otlp::start(&next, &registry, &flush, &shared) {
+                        Ok(started) => {
+                            if let Some(o) = otlp.take() {
+                                o.stop().await;
+                            }
+                            otlp = started;
+                            running.otlp = next.otlp;
+                        }
+                        Err(error) => tracing::error!(
+                            error = %error,
+                            "SIGHUP: the new OTLP settings could not start; the running push stays"
+                        ),
                     }
-                    running.otlp = new.otlp.clone();
-                    running.otlp_traces = new.otlp_traces.clone();
-                    running.otlp_interval = new.otlp_interval;
-                    running.otlp_timeout = new.otlp_timeout;
-                    otlp = Otlp::start(&running, &registry, &flush, &shared);
                 }
                 if let Some(dp) = datapath.as_mut() {
                     running.xdp_blocklist = new.xdp_blocklist.clone();
@@ -297,11 +341,12 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
     }
     tracing::info!("shutting down");
     drop(datapath);
+    let _ = consumer_stop.send(true);
+    let _ = consumer.await;
     if let Some(o) = otlp {
         o.stop().await;
     }
     let _ = stop_tx.send(true);
-    let _ = consumer.await;
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server stopped with an error"),

@@ -13,7 +13,11 @@
 //! which it keeps only while someone holds BPF_ENABLE_STATS; edgewatch
 //! holds it for its lifetime unless `bpf.enable_stats` is false.
 //!
-//! Worst-case series: 4 per map and 2 per program on the host.
+//! Before 6.6 the hash-table types are counted by walking them
+//! (elemcount.rs) within a per-scrape budget; a map past it has
+//! `edgewatch_bpf_map_entries_exact 0` and no entries/pressure that scrape.
+//!
+//! Worst-case series: 5 per map and 2 per program on the host.
 
 use std::{
     collections::HashMap,
@@ -29,6 +33,7 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 
+use super::elemcount;
 use crate::{
     telemetry::{CollectorLabel, Telemetry, events::CollectorFailed},
     vocab::kernel::{map_type_name, prog_type_name},
@@ -38,6 +43,8 @@ pub const ITER_PROGRAM: &str = "ew_map_iter";
 
 /// The map iterator's `edgewatch_scrape_errors_total` label.
 const ENTRIES_COLLECTOR: &str = "bpf_map_entries";
+/// The element iterator's (before 6.6).
+const ELEM_COUNT_COLLECTOR: &str = "bpf_map_elem_count";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -151,6 +158,9 @@ pub trait InventorySource: Send + Sync + 'static {
 pub struct KernelInventory {
     pub bpf: Arc<Mutex<Ebpf>>,
     pub iterator: bool,
+    /// Before 6.6: count hash maps with the element iterator within this
+    /// many slots per scrape (see elemcount.rs).
+    pub elem_budget: Option<u64>,
 }
 
 impl InventorySource for KernelInventory {
@@ -187,6 +197,28 @@ impl InventorySource for KernelInventory {
                 flags: info.map_flags(),
                 entries: entries.get(&info.id()).copied(),
             });
+        }
+        if let Some(budget) = self.elem_budget {
+            let candidates: Vec<_> = rows
+                .iter()
+                .filter(|r| r.entries.is_none() && elemcount::countable(r.map_type))
+                .map(|r| elemcount::Candidate {
+                    id: r.id,
+                    max_entries: r.max_entries,
+                })
+                .collect();
+            let mut failed = 0;
+            let bpf = self.bpf.lock().unwrap_or_else(|e| e.into_inner());
+            let counts = elemcount::count(&bpf, &candidates, budget, &mut failed);
+            if failed > 0 {
+                errors.push((
+                    ELEM_COUNT_COLLECTOR,
+                    Box::new(format!("{failed} maps could not be walked")),
+                ));
+            }
+            for r in &mut rows {
+                r.entries = r.entries.or_else(|| counts.get(&r.id).copied());
+            }
         }
         rows
     }
@@ -288,6 +320,22 @@ impl Collector for InventoryCollector {
                     map_type: map_type_name(m.map_type),
                 };
                 ConstGauge::new(n as i64).encode(f.encode_family(&l)?)?;
+            }
+        }
+        let mut f = encoder.encode_descriptor(
+            "edgewatch_bpf_map_entries_exact",
+            "1 when a hash map's or LPM trie's entries series is an exact count this scrape, 0 when it has none (before kernel 6.6: past bpf.map_count_budget, or no way to count).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((m, id), name) in maps.iter().zip(&ids).zip(&names) {
+            if elemcount::has_entries(m.map_type) {
+                let l = MapLabels {
+                    map_id: id.clone(),
+                    map_name: name.clone(),
+                    map_type: map_type_name(m.map_type),
+                };
+                ConstGauge::new(i64::from(m.entries.is_some())).encode(f.encode_family(&l)?)?;
             }
         }
         let mut f = encoder.encode_descriptor(

@@ -1,16 +1,19 @@
 //! The second data flow: kernel state read at scrape time, never copied on
 //! a timer. Records lost in the kernel (`ew_lost`), runs the kernel skipped
 //! for our programs (`recursion_misses`), the inventory of every map and
-//! program on the host, and the XDP datapath's per-CPU counters.
+//! program on the host, which programs use which maps (read on demand for
+//! the map probe's doctor), and the XDP datapath's per-CPU counters.
 //!
 //! Each collector reads through a source trait: the kernel in production
 //! ([`kernel::KernelSources`]), fixed numbers in the golden test, so the
 //! golden exposition runs the binary's real wiring.
 
+pub mod elemcount;
 pub mod inventory;
 pub mod kernel;
 pub mod lost;
 pub mod missed;
+pub mod refs;
 pub mod xdp;
 
 /// Where the scrape-time collectors read from.
@@ -23,4 +26,6 @@ pub trait Sources {
     fn inventory(&mut self) -> Box<dyn inventory::InventorySource>;
     /// The XDP datapath's counter cells.
     fn xdp_counters(&mut self) -> Box<dyn xdp::CounterSource>;
+    /// Which loaded programs use which maps.
+    fn references(&mut self) -> Box<dyn crate::vocab::refs::RefSource>;
 }

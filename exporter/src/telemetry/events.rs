@@ -111,10 +111,14 @@ impl InternalEvent for CollectorFailed<'_> {
     }
 }
 
-/// A push to an exporter's destination that failed.
+/// A push to an exporter's destination that failed for good (after its
+/// retries).
 pub struct ExportFailed<'a> {
     pub exporter: &'static str,
-    /// A bounded reason label: connect, timeout, http_status, encode.
+    /// metrics or traces.
+    pub signal: &'static str,
+    /// A bounded reason label (OTLP: connect, tls, timeout, unavailable,
+    /// throttled, rejected, encode).
     pub reason: &'static str,
     pub error: &'a dyn std::fmt::Display,
     /// Where it was going, for the log (credentials already redacted).
@@ -129,6 +133,7 @@ impl InternalEvent for ExportFailed<'_> {
         t.export_errors
             .get_or_create(&ExportErrorLabels {
                 exporter: self.exporter,
+                signal: self.signal,
                 reason: self.reason,
             })
             .inc();
@@ -137,11 +142,77 @@ impl InternalEvent for ExportFailed<'_> {
     fn log(&self, suppressed: u64) {
         tracing::warn!(
             exporter = self.exporter,
+            signal = self.signal,
             reason = self.reason,
             error = %self.error,
             endpoint = %self.endpoint,
             suppressed,
-            "push failed (counted in edgewatch_export_errors_total; retrying every interval)"
+            "push failed (counted in edgewatch_export_errors_total; trying again next interval)"
+        );
+    }
+}
+
+/// A push attempt that failed in a way worth retrying, and will be.
+pub struct ExportRetried<'a> {
+    pub exporter: &'static str,
+    pub signal: &'static str,
+    pub reason: &'static str,
+    pub error: &'a dyn std::fmt::Display,
+    /// How long until the next attempt.
+    pub delay: Duration,
+}
+
+impl InternalEvent for ExportRetried<'_> {
+    const NAME: &'static str = "export_retried";
+    const LOG_PERIOD: Duration = Duration::from_secs(60);
+
+    fn count(&self, t: &Telemetry) {
+        t.export_retries
+            .get_or_create(&ExportErrorLabels {
+                exporter: self.exporter,
+                signal: self.signal,
+                reason: self.reason,
+            })
+            .inc();
+    }
+
+    fn log(&self, suppressed: u64) {
+        tracing::info!(
+            exporter = self.exporter,
+            signal = self.signal,
+            reason = self.reason,
+            error = %self.error,
+            delay = ?self.delay,
+            suppressed,
+            "push attempt failed, retrying (counted in edgewatch_export_retries_total)"
+        );
+    }
+}
+
+/// A push the collector accepted only in part (OTLP partial success).
+pub struct ExportPartial<'a> {
+    pub signal: &'static str,
+    /// Points or spans the collector rejected.
+    pub rejected: i64,
+    pub message: &'a str,
+}
+
+impl InternalEvent for ExportPartial<'_> {
+    const NAME: &'static str = "export_partial";
+    const LOG_PERIOD: Duration = Duration::from_secs(60);
+
+    /// Not counted: the push succeeded; the collector's own metrics count
+    /// what it refused.
+    fn count(&self, _: &Telemetry) {}
+
+    fn log(&self, suppressed: u64) {
+        tracing::warn!(
+            exporter = "otlp",
+            signal = self.signal,
+            rejected = self.rejected,
+            message = self.message,
+            suppressed,
+            "the collector accepted a push only in part"
         );
     }
 }
@@ -176,6 +247,7 @@ mod tests {
             });
             t.emit(ExportFailed {
                 exporter: "otlp",
+                signal: "metrics",
                 reason: "connect",
                 error: &"refused",
                 endpoint: &"http://127.0.0.1:1",
@@ -191,6 +263,7 @@ mod tests {
         assert_eq!(scrape.get(), 3);
         let export = t.export_errors.get_or_create(&ExportErrorLabels {
             exporter: "otlp",
+            signal: "metrics",
             reason: "connect",
         });
         assert_eq!(export.get(), 3);

@@ -32,6 +32,10 @@ pub struct CollectorLabel {
     pub collector: &'static str,
 }
 
+/// Labels of `edgewatch_export_errors_total` and
+/// `edgewatch_export_retries_total`. `signal` (metrics, traces) was added
+/// with OTLP traces' own pushes; queries that sum by exporter or reason
+/// are unaffected.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
@@ -40,6 +44,12 @@ pub struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ExportErrorLabels {
     pub exporter: &'static str,
+    pub signal: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
@@ -52,7 +62,9 @@ pub struct Telemetry {
     pub series_dropped: Family<MetricLabel, Counter>,
     pub scrape_errors: Family<CollectorLabel, Counter>,
     pub export_errors: Family<ExportErrorLabels, Counter>,
-    pub spans_dropped: Counter,
+    pub export_retries: Family<ExportErrorLabels, Counter>,
+    /// By reason: sampled, rate_limited, queue_full.
+    pub spans_dropped: Family<ReasonLabel, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
     /// cgroup id lookups by result (registered by `crate::workload` when
     /// workload resolution is on).
@@ -95,9 +107,12 @@ impl Telemetry {
         );
         registry.register(
             "edgewatch_spans_dropped",
-            "Spans dropped because the OTLP export queue was full",
+            "Spans not exported, by reason: sampled (out by otlp.traces_sample_ratio), rate_limited (past otlp.traces_max_per_second), queue_full (otlp.max_queued_spans waiting)",
             t.spans_dropped.clone(),
         );
+        for reason in ["sampled", "rate_limited", "queue_full"] {
+            let _ = t.spans_dropped.get_or_create(&ReasonLabel { reason });
+        }
         registry.register(
             "edgewatch_scrape_errors",
             "Errors reading kernel state at scrape time, by collector",
@@ -122,13 +137,33 @@ impl Telemetry {
             .inc();
     }
 
-    /// Registers `edgewatch_export_errors_total`.
+    /// Registers `edgewatch_export_errors_total` and
+    /// `edgewatch_export_retries_total`.
     pub fn register_export_errors(&self, registry: &mut Registry) {
         registry.register(
             "edgewatch_export_errors",
-            "Failed pushes to an exporter's destination, by exporter and reason",
+            "Pushes that failed for good (after their retries), by exporter, signal and the last attempt's reason",
             self.export_errors.clone(),
         );
+        registry.register(
+            "edgewatch_export_retries",
+            "Push attempts retried after a retryable failure, by exporter, signal and reason",
+            self.export_retries.clone(),
+        );
+    }
+
+    /// The counters a span sink moves when it drops a span.
+    pub fn span_drop_counters(&self) -> crate::vocab::spans::DropCounters {
+        let c = |reason| {
+            self.spans_dropped
+                .get_or_create(&ReasonLabel { reason })
+                .clone()
+        };
+        crate::vocab::spans::DropCounters {
+            sampled: c("sampled"),
+            rate_limited: c("rate_limited"),
+            queue_full: c("queue_full"),
+        }
     }
 
     /// Counts and logs (at a bounded rate) one internal event.

@@ -1,21 +1,18 @@
-//! OTLP/HTTP push (protobuf, `POST <endpoint>/v1/metrics`): every
-//! interval, the same metrics a scrape would return (ring buffer drained
-//! first, collectors read), read as one typed snapshot (model.rs) and
-//! converted to OTLP. Counters become cumulative monotonic sums, gauges
-//! gauges, histograms explicit-bucket histograms. A collector that is down
-//! or answers an error is counted in
-//! `edgewatch_export_errors_total{exporter="otlp",reason}` and the next
-//! interval tries again; nothing blocks the scrape path.
+//! The typed snapshot (model.rs) and the queued spans, converted to OTLP
+//! messages (opentelemetry-proto's generated types).
 //!
-//! The protobuf types come from opentelemetry-proto (the OpenTelemetry
-//! project's generated messages); the HTTP client is hyper's, already in
-//! the tree through axum.
+//! Metrics: counters become cumulative monotonic sums named without their
+//! `_total` (which a collector's Prometheus exporter appends again),
+//! gauges gauges, histograms explicit-bucket histograms; labels become
+//! attributes; no unit is set, so no exporter appends a unit suffix. The
+//! names therefore map back to exactly the /metrics names (tested in
+//! tests/golden.rs with the collector's own normalisation rules).
+//!
+//! Spans: built here, in the exporter's task, from the raw fields the
+//! aggregators queued, with attribute names from the OpenTelemetry
+//! semantic conventions where one exists (network.*, server.*, process.*,
+//! error.type) and `edgewatch.*` otherwise.
 
-use std::{sync::Arc, time::Duration};
-
-use axum::http::{Request, Uri, header};
-use http_body_util::Full;
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use opentelemetry_proto::tonic::{
     collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
@@ -26,33 +23,34 @@ use opentelemetry_proto::tonic::{
     resource::v1::Resource,
     trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode},
 };
-use prometheus_client::registry::Registry;
-use prost::Message;
-use tokio::sync::watch;
 
-use super::model::{
-    self, as_integer,
-    data::{LabelPair, MetricFamily, MetricType},
-};
 use crate::{
-    aggregate,
-    pipeline::FlushHandle,
-    telemetry::{Telemetry, events::ExportFailed},
+    export::model::{
+        self, as_integer,
+        data::{LabelPair, MetricFamily, MetricType},
+    },
     vocab::{
         clock::unix_nanos,
-        redact,
-        spans::{SpanRecord, SpanSink},
+        kernel::{family_name, ip_addr, name_label},
+        spans::{SpanData, SpanRecord},
     },
 };
-
-/// Every `reason` of `edgewatch_export_errors_total{exporter="otlp"}`.
-pub const ERROR_REASONS: &[&str] = &["connect", "timeout", "http_status", "encode"];
 
 fn attr(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.to_string(),
         value: Some(AnyValue {
             value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn int_attr(key: &str, value: i64) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
         }),
         ..Default::default()
     }
@@ -174,7 +172,7 @@ pub fn to_request(
     families: &[MetricFamily],
     start: u64,
     now: u64,
-    host: &str,
+    resource: &Resource,
 ) -> ExportMetricsServiceRequest {
     let metrics = families
         .iter()
@@ -182,7 +180,7 @@ pub fn to_request(
         .collect();
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
-            resource: Some(resource(host)),
+            resource: Some(resource.clone()),
             scope_metrics: vec![ScopeMetrics {
                 scope: Some(scope()),
                 metrics,
@@ -193,13 +191,21 @@ pub fn to_request(
     }
 }
 
-fn resource(host: &str) -> Resource {
+/// The resource every push carries: `attributes` (service.name first,
+/// then OTEL_RESOURCE_ATTRIBUTES'), `service.version` and `host.name`
+/// unless given.
+pub fn resource(attributes: &[(String, String)], host: &str) -> Resource {
+    let mut out: Vec<KeyValue> = attributes.iter().map(|(k, v)| attr(k, v)).collect();
+    for (k, v) in [
+        ("service.version", env!("CARGO_PKG_VERSION")),
+        ("host.name", host),
+    ] {
+        if !attributes.iter().any(|(key, _)| key == k) {
+            out.push(attr(k, v));
+        }
+    }
     Resource {
-        attributes: vec![
-            attr("service.name", "edgewatch"),
-            attr("service.version", env!("CARGO_PKG_VERSION")),
-            attr("host.name", host),
-        ],
+        attributes: out,
         ..Default::default()
     }
 }
@@ -213,55 +219,125 @@ fn scope() -> InstrumentationScope {
 }
 
 /// A small non-cryptographic generator for trace and span ids.
-pub struct IdGen(u64);
+pub struct IdGen(fastrand::Rng);
 
 impl IdGen {
     pub fn seeded() -> Self {
-        Self(unix_nanos() ^ (u64::from(std::process::id()) << 32) | 1)
+        Self(fastrand::Rng::with_seed(
+            unix_nanos() ^ (u64::from(std::process::id()) << 32),
+        ))
     }
 
+    /// A non-zero id (zero means "invalid" in OTLP).
     fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.u64(1..)
+    }
+}
+
+/// The name, kind, attributes and error (if any) of a span.
+fn describe(data: &SpanData) -> (&'static str, SpanKind, Vec<KeyValue>, Option<&'static str>) {
+    match *data {
+        SpanData::TcpConnect {
+            family,
+            daddr,
+            dport,
+            tgid,
+            comm,
+            outcome,
+        } => {
+            let mut a = vec![
+                attr("network.transport", "tcp"),
+                attr("network.type", family_name(family)),
+            ];
+            if let Some(peer) = ip_addr(family, &daddr) {
+                let peer = peer.to_string();
+                a.push(attr("network.peer.address", &peer));
+                a.push(attr("server.address", &peer));
+            }
+            a.extend([
+                int_attr("network.peer.port", i64::from(dport)),
+                int_attr("server.port", i64::from(dport)),
+                int_attr("process.pid", i64::from(tgid)),
+                attr("process.command", &name_label(&comm)),
+                attr("edgewatch.tcp.outcome", outcome),
+            ]);
+            let error = (outcome != "established").then_some(outcome);
+            if let Some(e) = error {
+                a.push(attr("error.type", e));
+            }
+            ("tcp.connect", SpanKind::Client, a, error)
+        }
+        SpanData::MapCall {
+            update,
+            map_id,
+            map_name,
+            map_type,
+            elements,
+            tgid,
+            comm,
+            error,
+            key_hash,
+            value_hash,
+        } => {
+            let mut a = vec![
+                int_attr("edgewatch.bpf.map.id", i64::from(map_id)),
+                attr("edgewatch.bpf.map.name", &name_label(&map_name)),
+                attr("edgewatch.bpf.map.type", map_type),
+                int_attr(
+                    "edgewatch.bpf.map.elements",
+                    i64::try_from(elements).unwrap_or(i64::MAX),
+                ),
+                int_attr("process.pid", i64::from(tgid)),
+                attr("process.command", &name_label(&comm)),
+            ];
+            // The change log: one key's history across writers.
+            if let Some(h) = key_hash {
+                a.push(attr("edgewatch.bpf.map.key_hash", &format!("{h:016x}")));
+            }
+            if let Some(h) = value_hash {
+                a.push(attr("edgewatch.bpf.map.value_hash", &format!("{h:016x}")));
+            }
+            if let Some(e) = error {
+                a.push(attr("error.type", e));
+            }
+            let name = if update {
+                "bpf.map.update"
+            } else {
+                "bpf.map.delete"
+            };
+            (name, SpanKind::Internal, a, error)
+        }
     }
 }
 
 /// Converts spans to an OTLP trace export request: each span is the root
 /// of its own trace (the kernel event has no parent we could know).
 pub fn to_trace_request(
-    spans: Vec<SpanRecord>,
+    spans: &[SpanRecord],
     ids: &mut IdGen,
-    host: &str,
+    resource: &Resource,
 ) -> ExportTraceServiceRequest {
     let spans = spans
-        .into_iter()
+        .iter()
         .map(|s| {
-            let (mut attributes, error) = aggregate::span_attributes(&s.source);
+            let (name, kind, mut attributes, error) = describe(&s.data);
             // The acting task's workload (k8s.*, container.*, cgroup, unit).
             if let Some(w) = &s.workload {
-                attributes.extend(w.span_attributes());
+                attributes.extend(w.span_attributes().iter().map(|(k, v)| attr(k, v)));
             }
             let mut trace_id = ids.next().to_be_bytes().to_vec();
             trace_id.extend(ids.next().to_be_bytes());
             Span {
                 trace_id,
                 span_id: ids.next().to_be_bytes().to_vec(),
-                name: s.name.to_string(),
-                kind: if s.name == "tcp.connect" {
-                    SpanKind::Client
-                } else {
-                    SpanKind::Internal
-                } as i32,
+                name: name.to_string(),
+                kind: kind as i32,
                 start_time_unix_nano: s.start_unix_ns,
                 end_time_unix_nano: s.end_unix_ns,
-                attributes: attributes.iter().map(|(k, v)| attr(k, v)).collect(),
+                attributes,
                 status: Some(match error {
                     Some(message) => Status {
-                        message,
+                        message: message.to_string(),
                         code: StatusCode::Error as i32,
                     },
                     None => Status {
@@ -275,7 +351,7 @@ pub fn to_trace_request(
         .collect();
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: Some(resource(host)),
+            resource: Some(resource.clone()),
             scope_spans: vec![ScopeSpans {
                 scope: Some(scope()),
                 spans,
@@ -286,109 +362,14 @@ pub fn to_trace_request(
     }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-pub struct OtlpSettings {
-    /// `<endpoint>/v1/metrics`
-    pub uri: Uri,
-    /// `<endpoint>/v1/traces` and the spans to send there.
-    pub traces: Option<(Uri, SpanSink)>,
-    pub interval: Duration,
-    pub timeout: Duration,
-}
-
-type HttpClient =
-    Client<hyper_util::client::legacy::connect::HttpConnector, Full<axum::body::Bytes>>;
-
-/// POSTs one protobuf body; the error is (reason label, message).
-async fn post(
-    client: &HttpClient,
-    uri: &Uri,
-    body: Vec<u8>,
-    timeout: Duration,
-) -> Result<(), (&'static str, String)> {
-    let req = Request::post(uri.clone())
-        .header(header::CONTENT_TYPE, "application/x-protobuf")
-        .body(Full::new(axum::body::Bytes::from(body)))
-        .map_err(|e| ("encode", format!("{e}")))?;
-    match tokio::time::timeout(timeout, client.request(req)).await {
-        Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
-        Ok(Ok(resp)) => Err((
-            "http_status",
-            format!("collector answered {}", resp.status()),
-        )),
-        Ok(Err(e)) => Err(("connect", format!("{e}"))),
-        Err(_) => Err(("timeout", format!("no answer within {timeout:?}"))),
-    }
-}
-
-/// Pushes every interval until `shutdown`, and once more at shutdown.
-pub async fn run(
-    settings: OtlpSettings,
-    registry: Arc<Registry>,
-    flush: FlushHandle,
-    telemetry: Telemetry,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let start = unix_nanos();
-    let host = hostname();
-    let mut tick = tokio::time::interval(settings.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ids = IdGen::seeded();
-    loop {
-        let stopping = tokio::select! {
-            _ = tick.tick() => false,
-            _ = shutdown.changed() => true,
-        };
-        let _ = flush.flush(settings.timeout).await;
-        let families = match model::snapshot(&registry) {
-            Ok(families) => families,
-            Err(e) => {
-                telemetry.emit(ExportFailed {
-                    exporter: "otlp",
-                    reason: "encode",
-                    error: &e,
-                    endpoint: &settings.uri,
-                });
-                if stopping {
-                    return;
-                }
-                continue;
-            }
-        };
-        let body = to_request(&families, start, unix_nanos(), &host).encode_to_vec();
-        let mut result = post(&client, &settings.uri, body, settings.timeout).await;
-        if let Some((uri, sink)) = &settings.traces {
-            let spans = sink.drain();
-            if !spans.is_empty() && result.is_ok() {
-                let body = to_trace_request(spans, &mut ids, &host).encode_to_vec();
-                result = post(&client, uri, body, settings.timeout).await;
-            }
-        }
-        if let Err((reason, error)) = result {
-            telemetry.emit(ExportFailed {
-                exporter: "otlp",
-                reason,
-                error: &error,
-                endpoint: &redact::url(&settings.uri.to_string()),
-            });
-        }
-        if stopping {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use prometheus_client::metrics::{
         counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info,
     };
+
+    use prometheus_client::registry::Registry;
+    use prost::Message;
 
     use super::*;
 
@@ -418,7 +399,7 @@ mod tests {
             Family::<Vec<(String, String)>, Counter>::default(),
         );
 
-        let req = to_request(&model::snapshot(&r).unwrap(), 1, 2, "host");
+        let req = to_request(&model::snapshot(&r).unwrap(), 1, 2, &resource(&[], "host"));
         let m = &req.resource_metrics[0].scope_metrics[0].metrics;
         assert_eq!(m.len(), 4, "the empty family is left out");
         let Some(metric::Data::Sum(s)) = &m[0].data else {
@@ -462,5 +443,92 @@ mod tests {
             ExportMetricsServiceRequest::decode(bytes.as_slice()).unwrap(),
             req
         );
+    }
+
+    #[test]
+    fn spans_carry_semantic_convention_attributes() {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        let mut daddr = [0u8; 16];
+        daddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let spans = [
+            SpanRecord {
+                start_unix_ns: 10,
+                end_unix_ns: 25,
+                data: SpanData::TcpConnect {
+                    family: libc::AF_INET as u16,
+                    daddr,
+                    dport: 443,
+                    tgid: 42,
+                    comm,
+                    outcome: "refused",
+                },
+                workload: Some(std::sync::Arc::new(crate::vocab::workload::parse(
+                    "/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope",
+                ))),
+            },
+            SpanRecord {
+                start_unix_ns: 30,
+                end_unix_ns: 31,
+                data: SpanData::MapCall {
+                    update: false,
+                    map_id: 7,
+                    map_name: comm,
+                    map_type: "hash",
+                    elements: 3,
+                    tgid: 42,
+                    comm,
+                    error: None,
+                    key_hash: Some(0xaf63_bd4c_8601_b7df),
+                    value_hash: None,
+                },
+                workload: None,
+            },
+        ];
+        let req = to_trace_request(&spans, &mut IdGen::seeded(), &resource(&[], "h"));
+        let s = &req.resource_spans[0].scope_spans[0].spans;
+        let get = |i: usize, k: &str| {
+            s[i].attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| a.value.clone()?.value)
+        };
+        let text = |v: &str| Some(any_value::Value::StringValue(v.into()));
+        let int = |v: i64| Some(any_value::Value::IntValue(v));
+        assert_eq!(
+            (s[0].name.as_str(), s[0].kind),
+            ("tcp.connect", SpanKind::Client as i32)
+        );
+        assert_eq!(
+            (s[0].start_time_unix_nano, s[0].end_time_unix_nano),
+            (10, 25)
+        );
+        assert_eq!(get(0, "network.peer.address"), text("10.0.0.1"));
+        assert_eq!(get(0, "server.address"), text("10.0.0.1"));
+        assert_eq!(get(0, "network.peer.port"), int(443));
+        assert_eq!(get(0, "server.port"), int(443));
+        assert_eq!(get(0, "network.type"), text("ipv4"));
+        assert_eq!(get(0, "network.transport"), text("tcp"));
+        assert_eq!(get(0, "process.pid"), int(42));
+        assert_eq!(get(0, "process.command"), text("curl"));
+        assert_eq!(get(0, "error.type"), text("refused"));
+        // The workload, when resolution is on.
+        assert_eq!(
+            get(0, "container.id"),
+            text("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(get(0, "container.runtime.name"), text("docker"));
+        assert_eq!(get(1, "container.id"), None);
+        assert_eq!(s[0].status.as_ref().unwrap().code, StatusCode::Error as i32);
+        assert_eq!(
+            (s[1].name.as_str(), s[1].kind),
+            ("bpf.map.delete", SpanKind::Internal as i32)
+        );
+        assert_eq!(get(1, "edgewatch.bpf.map.id"), int(7));
+        assert_eq!(get(1, "edgewatch.bpf.map.elements"), int(3));
+        assert_eq!(get(1, "error.type"), None);
+        assert_eq!(s[1].status.as_ref().unwrap().code, StatusCode::Unset as i32);
+        assert_ne!(s[0].trace_id, s[1].trace_id);
+        assert_eq!((s[0].trace_id.len(), s[0].span_id.len()), (16, 8));
     }
 }

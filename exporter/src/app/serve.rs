@@ -133,6 +133,10 @@ fn restart_only(old: &Settings, new: &Settings) -> Vec<&'static str> {
             "otlp span sampling, rate and queue",
             traces(old) && traces(new) && spans(old) != spans(new),
         ),
+        (
+            "workload.pod_logs_dir",
+            old.pod_logs_dir != new.pod_logs_dir,
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))

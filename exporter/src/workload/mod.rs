@@ -65,7 +65,8 @@ pub const DEFAULT_POD_LOGS_DIR: &str = "/var/log/pods";
 /// `edgewatch_workload_lookups_total` results.
 pub const LOOKUP_RESULTS: &[&str] = &["resolved", "not_found", "error"];
 
-/// A cgroup id that did not resolve.
+/// A cgroup id that did not resolve, or a walk of the hierarchy that
+/// could not read all of it (`id` 0).
 pub struct LookupFailed<'a> {
     pub id: u64,
     /// not_found or error.
@@ -90,7 +91,7 @@ impl InternalEvent for LookupFailed<'_> {
             reason = self.reason,
             error = %self.error,
             suppressed,
-            "cgroup id not resolved: its workload labels read _unresolved (counted in edgewatch_workload_lookups_total)"
+            "workload lookup failed (counted in edgewatch_workload_lookups_total); an id that does not resolve reads cgroup=\"_unresolved\""
         );
     }
 }

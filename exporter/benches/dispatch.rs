@@ -73,6 +73,7 @@ fn dispatch_ns(labels: &[&str], spans: Option<f64>, recs: &[Vec<u8>], rounds: us
         clock: Clock::now(),
         spans: sink.clone(),
         refs: Default::default(),
+        workloads: edgewatch::workload::Workloads::off(),
     };
     let connect: &'static dyn Probe = &probe::connect::PROBE;
     let mut d = Dispatcher::new(

@@ -97,6 +97,7 @@ fn dispatch_ns(refs: References, recs: &[Vec<u8>], rounds: usize) -> f64 {
         clock: Clock::fixed(0),
         spans: SpanSink::default(),
         refs,
+        workloads: Default::default(),
     };
     let map: &'static dyn Probe = &probe::map::PROBE;
     let mut d = Dispatcher::new(vec![(map, map.build(&mut registry, &ctx))], telemetry);

@@ -57,7 +57,8 @@ struct Cli {
     /// Comma list of probes to enable (the help lists them).
     #[arg(long = "probes", value_name = "LIST")]
     probes: Option<String>,
-    /// Comma list of opt-in labels: comm, peer [default: none].
+    /// Comma list of opt-in labels: comm, peer, cgroup, unit,
+    /// container_id, pod, namespace, container [default: none].
     #[arg(long = "metrics.labels", value_name = "LIST")]
     labels: Option<String>,
     /// Series cap per metric family for opt-in labels [default: 2000].
@@ -200,6 +201,10 @@ struct Cli {
     /// (probes fall back down their chain, tracepoints last).
     #[arg(long = "attach.disable", value_name = "LIST")]
     attach_disable: Option<String>,
+    /// The kubelet's pod log directory, where the pod and namespace
+    /// labels come from [default: /var/log/pods].
+    #[arg(long = "workload.pod-logs-dir", value_name = "PATH")]
+    pod_logs_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -381,6 +386,9 @@ impl Cli {
         }
         if let Some(v) = &self.attach_disable {
             cfg.attach.disable = split_list(v);
+        }
+        if let Some(v) = &self.pod_logs_dir {
+            cfg.workload.pod_logs_dir = v.clone();
         }
         Ok(cfg)
     }

@@ -49,6 +49,23 @@ pub struct Config {
     pub otlp: OtlpConfig,
     pub attach: AttachConfig,
     pub capabilities: CapabilitiesConfig,
+    pub workload: WorkloadConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct WorkloadConfig {
+    /// The kubelet's pod log directory: pod namespaces and names (and
+    /// container names) for the workload labels.
+    pub pod_logs_dir: PathBuf,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        Self {
+            pod_logs_dir: crate::workload::DEFAULT_POD_LOGS_DIR.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -143,7 +160,8 @@ pub struct WebConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct MetricsConfig {
-    /// Opt-in high-cardinality labels: comm, peer.
+    /// Opt-in high-cardinality labels: comm, peer, and the workload labels
+    /// cgroup, unit, container_id, pod, namespace, container.
     pub labels: Vec<String>,
     /// Series cap per metric family once opt-in labels are on.
     pub series_limit: usize,
@@ -180,6 +198,7 @@ impl Default for Config {
             otlp: OtlpConfig::default(),
             attach: AttachConfig::default(),
             capabilities: CapabilitiesConfig::default(),
+            workload: WorkloadConfig::default(),
         }
     }
 }
@@ -496,6 +515,13 @@ impl Config {
                 )),
             }
         }
+        if !self.workload.pod_logs_dir.is_absolute() {
+            errors.push(format!(
+                "workload.pod_logs_dir: {:?} must be an absolute path (the kubelet's is /var/log/pods)",
+                self.workload.pod_logs_dir
+            ));
+        }
+
         let capabilities_keep =
             crate::caps::parse_keep(&self.capabilities.keep).unwrap_or_else(|e| {
                 errors.push(format!("capabilities.keep: {e}"));
@@ -535,6 +561,7 @@ impl Config {
                 otlp,
                 disabled_modes,
                 map_key_hashes: self.otlp.map_key_hashes,
+                pod_logs_dir: self.workload.pod_logs_dir.clone(),
             }),
             _ => Err(ConfigErrors(errors)),
         }
@@ -576,6 +603,8 @@ pub struct Settings {
     pub disabled_modes: Vec<Disable>,
     /// Hash map keys and values into the map-call spans.
     pub map_key_hashes: bool,
+    /// The kubelet's pod log directory (`workload.pod_logs_dir`).
+    pub pod_logs_dir: PathBuf,
 }
 
 /// The ifindex of a network interface in this network namespace.
@@ -627,7 +656,8 @@ mod tests {
             s.labels,
             OptInLabels {
                 comm: true,
-                peer: true
+                peer: true,
+                ..OptInLabels::default()
             }
         );
         assert_eq!(s.series_limit, 10);

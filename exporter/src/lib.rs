@@ -6,14 +6,15 @@
 //!
 //! | layer | modules | what |
 //! |---|---|---|
-//! | 8 | `cli` | command line, exit codes |
-//! | 7 | `app` | start-up shared by check and run; `build_registry` |
-//! | 7 | `bench` | `edgewatch bench maps`: map-type costs on this kernel |
-//! | 6 | `config` | the YAML file and flags, validated into `Settings` |
-//! | 5 | `export`, `web` | the typed snapshot, /metrics, OTLP push; the HTTP server (TLS, auth, limits) |
-//! | 4 | `pipeline` | ring-buffer consumer, the kind -> aggregator table |
-//! | 3 | `probe`, `datapath` | probe definitions and attach chains; the XDP datapath |
-//! | 2 | `aggregate`, `scrape` | records into metrics; kernel state read at scrape time |
+//! | 9 | `cli` | command line, exit codes |
+//! | 8 | `app` | start-up shared by check and run; `build_registry` |
+//! | 8 | `bench` | `edgewatch bench maps`: map-type costs on this kernel |
+//! | 7 | `config` | the YAML file and flags, validated into `Settings` |
+//! | 6 | `export`, `web` | the typed snapshot, /metrics, OTLP push; the HTTP server (TLS, auth, limits) |
+//! | 5 | `pipeline` | ring-buffer consumer, the kind -> aggregator table |
+//! | 4 | `probe`, `datapath` | probe definitions and attach chains; the XDP datapath |
+//! | 3 | `aggregate`, `scrape` | records into metrics; kernel state read at scrape time |
+//! | 2 | `workload` | cgroup ids to workloads (unit, container, pod), cached |
 //! | 1 | `telemetry` | self-metrics and internal events |
 //! | 0 | `vocab`, `system`, `bpfobj`, `caps` | shared vocabularies; host and object preparation; capabilities |
 //!
@@ -37,3 +38,4 @@ pub mod system;
 pub mod telemetry;
 pub mod vocab;
 pub mod web;
+pub mod workload;

@@ -334,6 +334,7 @@ mod tests {
             clock: Clock::fixed(0),
             spans: SpanSink::default(),
             refs: Default::default(),
+            workloads: Default::default(),
         };
         let probe: &'static dyn Probe = &connect::PROBE;
         let sink = probe.build(&mut registry, &ctx);

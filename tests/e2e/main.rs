@@ -28,5 +28,6 @@ mod ringbuf;
 mod sigkill;
 mod system;
 mod web;
+mod workload;
 mod xdp;
 mod xdp_gate;

@@ -19,7 +19,7 @@
 //! consumer first and makes its last push, so the final metrics and the
 //! spans sent are one consistent cut, whatever else the host does.
 
-mod receiver;
+pub(crate) mod receiver;
 
 use std::{
     collections::{BTreeMap, BTreeSet},

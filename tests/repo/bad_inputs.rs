@@ -71,6 +71,10 @@ const CASES: &[Case] = &[
     ),
     case(&["--metrics.series-limit", "lots"], "invalid value 'lots'"),
     case(
+        &["--workload.pod-logs-dir", "var/log/pods"],
+        "workload.pod_logs_dir: \"var/log/pods\" must be an absolute path",
+    ),
+    case(
         &["--log.level", "loud"],
         "log.level: unknown level \"loud\"",
     ),

@@ -1,9 +1,11 @@
 //! connect() calls and TCP active opens into metrics and spans.
 //!
 //! Worst-case series without opt-in labels: calls 4 families x 13 results =
-//! 52; connects and duration 2 x 6 outcomes = 12 each. With `comm` and/or
-//! `peer`, each family is capped at `metrics.series_limit` label sets plus
-//! one overflow series per base label combination.
+//! 52; connects and duration 2 x 6 outcomes = 12 each. With `comm`, `peer`
+//! or a workload label (`cgroup`, `unit`, `container_id`, `pod`,
+//! `namespace`, `container`), each family is capped at
+//! `metrics.series_limit` label sets plus one overflow series per base
+//! label combination.
 
 use edgewatch_common::{COMM_LEN, ConnectCall, TcpConnect};
 use prometheus_client::{
@@ -49,7 +51,8 @@ pub const DURATION_BUCKETS: &[f64] = &[
 
 const TCP_ESTABLISHED: u16 = 1;
 
-/// Labels of `edgewatch_connect_calls_total` (opt-in: `comm`).
+/// Labels of `edgewatch_connect_calls_total` (opt-in: `comm` and the
+/// workload labels).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
     pub family: &'static str,
@@ -59,7 +62,8 @@ pub struct CallLabels {
 }
 
 /// Labels of `edgewatch_tcp_connects_total` (opt-in: `comm`, `peer`,
-/// `port`) and of the duration histogram (opt-in: `comm`).
+/// `port`, the workload labels) and of the duration histogram (opt-in:
+/// `comm`, the workload labels).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub family: &'static str,
@@ -112,6 +116,7 @@ struct CallKey {
     family: u16,
     ret: i32,
     comm: [u8; COMM_LEN],
+    cgroup: u64,
 }
 
 /// A handshake's raw label key.
@@ -123,6 +128,7 @@ struct TcpKey {
     dport: u16,
     comm: [u8; COMM_LEN],
     daddr: [u8; 16],
+    cgroup: u64,
 }
 
 struct TcpHandles {
@@ -176,14 +182,15 @@ impl ConnectAggregator {
         }
     }
 
-    fn call_handles(&mut self, c: &ConnectCall) -> Capped<Counter> {
+    fn call_handles(&mut self, c: &ConnectCall, cgroup: u64) -> Capped<Counter> {
+        let opt = OptLabels {
+            comm: self.ctx.labels.comm.then(|| name_label(&c.comm)),
+            ..OptLabels::default()
+        };
         let labels = CallLabels {
             family: family_name(c.family),
             result: errno::result_label(c.ret, CALL_RESULTS),
-            opt: OptLabels {
-                comm: self.ctx.labels.comm.then(|| name_label(&c.comm)),
-                ..OptLabels::default()
-            },
+            opt: self.ctx.with_workload(opt, cgroup),
         };
         let (labels, dropped) = self.calls_cap.admit_once(labels);
         Capped {
@@ -192,11 +199,12 @@ impl ConnectAggregator {
         }
     }
 
-    fn tcp_handles(&mut self, t: &TcpConnect) -> TcpHandles {
+    fn tcp_handles(&mut self, t: &TcpConnect, cgroup: u64) -> TcpHandles {
         let family = family_name(t.family);
         let outcome = outcome(t.newstate, t.sk_err);
         let comm = self.ctx.labels.comm.then(|| name_label(&t.comm));
         let (peer, port) = peer_port(self.ctx.labels.peer, t.family, &t.daddr, t.dport);
+        let workload = self.ctx.with_workload(OptLabels::default(), cgroup);
         let (labels, dropped) = self.connects_cap.admit_once(TcpLabels {
             family,
             outcome,
@@ -204,6 +212,7 @@ impl ConnectAggregator {
                 comm: comm.clone(),
                 peer,
                 port,
+                ..workload.clone()
             },
         });
         let connects = Capped {
@@ -213,10 +222,7 @@ impl ConnectAggregator {
         let (labels, dropped) = self.duration_cap.admit_once(TcpLabels {
             family,
             outcome,
-            opt: OptLabels {
-                comm,
-                ..OptLabels::default()
-            },
+            opt: OptLabels { comm, ..workload },
         });
         let duration = Capped {
             handle: self.duration.get_or_create(&labels).clone(),
@@ -241,6 +247,7 @@ impl ConnectAggregator {
                     comm: t.comm,
                     outcome: outcome(t.newstate, t.sk_err),
                 },
+                workload: self.ctx.span_workload(t),
             });
         }
     }
@@ -257,13 +264,14 @@ impl OnRecord<ConnectCall> for ConnectAggregator {
             } else {
                 [0; COMM_LEN]
             },
+            cgroup: self.ctx.workload_key(c),
         };
         if let Some(h) = self.call_handles.peek(&key) {
             h.handle.inc();
             h.note_fold();
             return;
         }
-        let h = self.call_handles(c);
+        let h = self.call_handles(c, key.cgroup);
         h.handle.inc();
         h.note_fold();
         self.call_handles.insert(key, h);
@@ -290,6 +298,7 @@ impl OnRecord<TcpConnect> for ConnectAggregator {
                 [0; COMM_LEN]
             },
             daddr: if peer { t.daddr } else { [0; 16] },
+            cgroup: self.ctx.workload_key(t),
         };
         let seconds = ns_to_seconds(t.duration_ns);
         if let Some(h) = self.tcp_handles.peek(&key) {
@@ -298,7 +307,7 @@ impl OnRecord<TcpConnect> for ConnectAggregator {
             h.duration.handle.observe(seconds);
             h.duration.note_fold();
         } else {
-            let h = self.tcp_handles(t);
+            let h = self.tcp_handles(t, key.cgroup);
             h.connects.handle.inc();
             h.connects.note_fold();
             h.duration.handle.observe(seconds);
@@ -338,11 +347,13 @@ mod tests {
             labels: OptInLabels {
                 comm: true,
                 peer: true,
+                ..OptInLabels::default()
             },
             series_limit: 5,
             series_dropped: dropped,
             clock: Clock::fixed(0),
             spans: SpanSink::default(),
+            workloads: crate::workload::Workloads::off(),
             refs: Default::default(),
         };
         let mut agg = ConnectAggregator::register(&mut registry, &ctx);

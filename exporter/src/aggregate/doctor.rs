@@ -358,6 +358,7 @@ mod tests {
             clock: Clock::fixed(0),
             spans: SpanSink::default(),
             refs: References::new(Box::new(Fixed(readable)), Clock::fixed(0), Box::new(|_| {})),
+            workloads: Default::default(),
         };
         (Doctor::register(&mut registry, &ctx), registry)
     }

@@ -9,8 +9,8 @@
 //! one element under the error.
 //!
 //! Worst-case series: maps x (9 results) for updates and deletes, capped at
-//! `metrics.series_limit` label sets per family (past it, map_id, map_name
-//! and comm read `_overflow`); the duration histogram has one series per
+//! `metrics.series_limit` label sets per family (past it, map_id, map_name,
+//! comm and the workload labels read `_overflow`); the duration histogram has one series per
 //! map type (about 35); the last-update gauge one per map, same cap.
 //!
 //! Every call on a resolved map also goes to the hot-update doctor
@@ -81,8 +81,9 @@ pub fn elements(op: &MapOp) -> Vec<(&'static str, u64)> {
     out
 }
 
-/// Labels of the update and delete counters (opt-in: `comm`). The map's id
-/// and name are high-cardinality too: past the cap they fold with `comm`.
+/// Labels of the update and delete counters (opt-in: `comm` and the
+/// workload labels). The map's id and name are high-cardinality too: past
+/// the cap they fold with the opt-in labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabels {
     pub map_id: Arc<str>,
@@ -140,6 +141,7 @@ struct OpKey {
     ret: i32,
     map_name: [u8; 16],
     comm: [u8; COMM_LEN],
+    cgroup: u64,
 }
 
 /// A map's last-update gauge, by its raw fields.
@@ -233,10 +235,13 @@ impl MapAggregator {
             map_name: name_label(&op.map_name),
             map_type: Self::type_label(op),
             result,
-            opt: OptLabels {
-                comm: self.ctx.labels.comm.then(|| name_label(&op.comm)),
-                ..OptLabels::default()
-            },
+            opt: self.ctx.with_workload(
+                OptLabels {
+                    comm: self.ctx.labels.comm.then(|| name_label(&op.comm)),
+                    ..OptLabels::default()
+                },
+                key.cgroup,
+            ),
         };
         let (family, cap) = if key.update {
             (&self.updates, &mut self.updates_cap)
@@ -264,6 +269,7 @@ impl MapAggregator {
             } else {
                 [0; COMM_LEN]
             },
+            cgroup: self.ctx.workload_key(op),
         };
         if let Some(h) = self.op_handles.peek(&key) {
             h.handle.inc_by(n);
@@ -332,6 +338,7 @@ impl MapAggregator {
                     key_hash: (op.hashed & MAP_KEY_HASHED != 0).then_some(op.key_hash),
                     value_hash: (op.hashed & MAP_VALUE_HASHED != 0).then_some(op.value_hash),
                 },
+                workload: self.ctx.span_workload(op),
             });
         }
     }
@@ -421,6 +428,7 @@ mod tests {
             clock: Clock::fixed(0),
             spans: spans.clone(),
             refs: Default::default(),
+            workloads: Default::default(),
         };
         let mut agg = MapAggregator::register(&mut Registry::default(), &ctx);
         let mut hashed = op(2, 0, 1, 1);

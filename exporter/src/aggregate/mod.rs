@@ -4,6 +4,7 @@
 //! kind its probe owns (see `probe::Handler`).
 
 pub mod cache;
+pub mod cgroup;
 pub mod connect;
 pub mod doctor;
 pub mod map;
@@ -13,12 +14,17 @@ use std::sync::Arc;
 
 use prometheus_client::metrics::{counter::Counter, family::Family};
 
-use crate::vocab::{
-    clock::Clock,
-    kernel::ip_addr,
-    labels::{Foldable, MetricLabel, OptInLabels, SeriesCap},
-    refs::References,
-    spans::SpanSink,
+use self::cgroup::CgroupId;
+use crate::{
+    vocab::{
+        clock::Clock,
+        kernel::ip_addr,
+        labels::{Foldable, MetricLabel, OptInLabels, OptLabels, SeriesCap},
+        refs::References,
+        spans::SpanSink,
+        workload::Workload,
+    },
+    workload::Workloads,
 };
 
 /// Takes one decoded record of type `R`.
@@ -47,6 +53,9 @@ pub struct Context {
     pub spans: SpanSink,
     /// Which loaded programs use which maps (the map probe's doctor).
     pub refs: References,
+    /// cgroup ids to workloads (off unless a workload label or spans need
+    /// it).
+    pub workloads: Workloads,
 }
 
 impl Context {
@@ -59,6 +68,32 @@ impl Context {
     /// A series cap for `metric` with the configured limit.
     pub fn cap<L: Foldable>(&self, metric: &'static str) -> SeriesCap<L> {
         SeriesCap::new(metric, self.series_limit, &self.series_dropped)
+    }
+
+    /// The workload part of a record's handle-table key: its cgroup id
+    /// when a workload label is on, else 0 (one key for every cgroup).
+    #[inline]
+    pub fn workload_key(&self, record: &impl CgroupId) -> u64 {
+        if self.labels.workload() {
+            record.cgroup_id()
+        } else {
+            0
+        }
+    }
+
+    /// `opt` with the workload labels of cgroup `key` (from
+    /// [`Context::workload_key`]); resolves only here, on a table miss.
+    pub fn with_workload(&self, opt: OptLabels, key: u64) -> OptLabels {
+        if !self.labels.workload() {
+            return opt;
+        }
+        let w = self.workloads.resolve(key);
+        opt.with_workload(&self.labels, w.as_deref())
+    }
+
+    /// The acting task's workload for a span, when spans carry workloads.
+    pub fn span_workload(&self, record: &impl CgroupId) -> Option<Arc<Workload>> {
+        self.workloads.resolve(record.cgroup_id())
     }
 }
 

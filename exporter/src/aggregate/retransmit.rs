@@ -17,8 +17,11 @@
 //! that the kernel counted is missed.
 //!
 //! Worst-case series without opt-in labels: retransmits 2 families x 14
-//! states = 28, segments 2, skipped 6. With `peer` (address and port), each
-//! family is capped at `metrics.series_limit` label sets plus overflow.
+//! states = 28, segments 2, skipped 6. With `peer` (address and port) or a
+//! workload label, each family is capped at `metrics.series_limit` label
+//! sets plus overflow. A retransmit the kernel made in softirq (a timer,
+//! an incoming ACK) has no acting task: its `cgroup` reads `_kernel` and
+//! its other workload labels are absent.
 
 use edgewatch_common::{RTX_HAS_ERR, RTX_SYNACK, Retransmit};
 use prometheus_client::{
@@ -60,7 +63,8 @@ pub fn counted_segments(r: &Retransmit) -> Result<u64, i32> {
     Ok(u64::from(r.segs))
 }
 
-/// Labels of `edgewatch_tcp_retransmits_total` (opt-in: `peer`, `port`).
+/// Labels of `edgewatch_tcp_retransmits_total` (opt-in: `peer`, `port`,
+/// the workload labels).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetransmitLabels {
     pub family: &'static str,
@@ -70,7 +74,7 @@ pub struct RetransmitLabels {
 }
 
 /// Labels of `edgewatch_tcp_retransmitted_segments_total` (opt-in: `peer`,
-/// `port`).
+/// `port`, the workload labels).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SegmentLabels {
     pub family: &'static str,
@@ -108,6 +112,7 @@ struct RtxKey {
     state: u8,
     dport: u16,
     daddr: [u8; 16],
+    cgroup: u64,
 }
 
 struct RtxHandles {
@@ -162,14 +167,17 @@ impl RetransmitAggregator {
         }
     }
 
-    fn handles(&mut self, r: &Retransmit) -> RtxHandles {
+    fn handles(&mut self, r: &Retransmit, cgroup: u64) -> RtxHandles {
         let family = family_name(r.family);
         let (peer, port) = peer_port(self.ctx.labels.peer, r.family, &r.daddr, r.dport);
-        let opt = OptLabels {
-            comm: None,
-            peer,
-            port,
-        };
+        let opt = self.ctx.with_workload(
+            OptLabels {
+                peer,
+                port,
+                ..OptLabels::default()
+            },
+            cgroup,
+        );
         let (l, dropped) = self.retransmits_cap.admit_once(RetransmitLabels {
             family,
             state: tcp_state_name(r.state),
@@ -209,6 +217,7 @@ impl OnRecord<Retransmit> for RetransmitAggregator {
             state: r.state,
             dport: if peer { r.dport } else { 0 },
             daddr: if peer { r.daddr } else { [0; 16] },
+            cgroup: self.ctx.workload_key(r),
         };
         let count = |h: &RtxHandles| {
             h.retransmits.handle.inc();
@@ -219,7 +228,7 @@ impl OnRecord<Retransmit> for RetransmitAggregator {
         if let Some(h) = self.handles.peek(&key) {
             count(h);
         } else {
-            let h = self.handles(r);
+            let h = self.handles(r, key.cgroup);
             count(&h);
             self.handles.insert(key, h);
         }

@@ -32,6 +32,7 @@ use crate::{
     system,
     telemetry::{ExportErrorLabels, ProbeModeLabels, Telemetry, events::CollectorFailed},
     vocab::{build_info::BuildInfo, clock::Clock, refs::References, spans::SpanSink},
+    workload::Workloads,
 };
 
 /// How one probe's attach chain ended.
@@ -66,6 +67,9 @@ pub struct Wiring {
     /// Spans from the aggregators to the OTLP exporter (off unless OTLP
     /// traces are on).
     pub spans: SpanSink,
+    /// cgroup ids to workloads (off unless a workload label or OTLP traces
+    /// are on).
+    pub workloads: Workloads,
 }
 
 /// Registers every metric family and collector of an agent with these
@@ -90,12 +94,20 @@ pub fn build_registry(
         ),
         _ => SpanSink::default(),
     };
+    // Workload resolution (and its self-metrics) only when a label or the
+    // spans use it.
+    let workloads = if settings.labels.workload() || spans.is_on() {
+        Workloads::start(&settings.pod_logs_dir, &mut registry, &telemetry)
+    } else {
+        Workloads::off()
+    };
     let ctx = aggregate::Context {
         labels: settings.labels,
         series_limit: settings.series_limit,
         series_dropped: telemetry.series_dropped.clone(),
         clock,
         spans: spans.clone(),
+        workloads: workloads.clone(),
         refs: references(sources, clock, &telemetry),
     };
     let probes: Vec<&'static dyn Probe> = settings.enabled_probes().collect();
@@ -171,6 +183,7 @@ pub fn build_registry(
         telemetry,
         dispatcher,
         spans,
+        workloads,
     }
 }
 

@@ -134,6 +134,10 @@ fn restart_only(old: &Settings, new: &Settings) -> Vec<&'static str> {
             "otlp span sampling, rate and queue",
             traces(old) && traces(new) && spans(old) != spans(new),
         ),
+        (
+            "workload.pod_logs_dir",
+            old.pod_logs_dir != new.pod_logs_dir,
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
@@ -195,6 +199,8 @@ impl Otlp {
 struct Shared {
     telemetry: Telemetry,
     spans: SpanSink,
+    /// Whether workload resolution was started (its metrics exist).
+    workloads: bool,
 }
 
 async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
@@ -250,6 +256,7 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
     let shared = Shared {
         telemetry: wiring.telemetry,
         spans: wiring.spans,
+        workloads: wiring.workloads.is_on(),
     };
     let mut otlp = Otlp::start(&settings, &registry, &flush, &shared)?;
     let app = export::prometheus::router(export::prometheus::AppState {
@@ -298,9 +305,17 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
                         "SIGHUP: these settings changed and take effect at the next start"
                     );
                 }
-                if new.labels != running.labels || new.series_limit != running.series_limit {
-                    flush.reconfigure(new.labels, new.series_limit).await;
-                    running.labels = new.labels;
+                let mut labels = new.labels;
+                if labels.workload() && !shared.workloads {
+                    // Resolution and its self-metrics are set up at start.
+                    tracing::warn!(
+                        "SIGHUP: the workload labels (cgroup, unit, container_id, pod, namespace, container) take effect at the next start"
+                    );
+                    labels = labels.without_workload();
+                }
+                if labels != running.labels || new.series_limit != running.series_limit {
+                    flush.reconfigure(labels, new.series_limit).await;
+                    running.labels = labels;
                     running.series_limit = new.series_limit;
                 }
                 // Endpoints, protocol, TLS, headers, interval: a new push

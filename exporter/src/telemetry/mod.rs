@@ -66,6 +66,9 @@ pub struct Telemetry {
     /// By reason: sampled, rate_limited, queue_full.
     pub spans_dropped: Family<ReasonLabel, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
+    /// cgroup id lookups by result (registered by `crate::workload` when
+    /// workload resolution is on).
+    pub workload_lookups: Family<ResultLabel, Counter>,
     /// Shared by every internal event: how often each may log.
     pub(crate) log_limit: Arc<events::RateLimit>,
 }

@@ -15,6 +15,8 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
 };
 
+use super::workload::Workload;
+
 /// Label value that replaces every opt-in label of a folded series.
 pub const OVERFLOW: &str = "_overflow";
 
@@ -25,30 +27,84 @@ pub struct OptInLabels {
     pub comm: bool,
     /// The destination address and port (`peer`, `port`).
     pub peer: bool,
+    /// The acting task's cgroup v2 path (`cgroup`).
+    pub cgroup: bool,
+    /// Its systemd unit (`unit`).
+    pub unit: bool,
+    /// Its container's id (`container_id`).
+    pub container_id: bool,
+    /// Its Kubernetes pod: name and UID (`pod`, `pod_uid`).
+    pub pod: bool,
+    /// Its pod's namespace (`namespace`).
+    pub namespace: bool,
+    /// Its container's name in the pod (`container`).
+    pub container: bool,
 }
 
 impl OptInLabels {
     /// Every name `metrics.labels` accepts.
-    pub const NAMES: &'static [&'static str] = &["comm", "peer"];
+    pub const NAMES: &'static [&'static str] = &[
+        "comm",
+        "peer",
+        "cgroup",
+        "unit",
+        "container_id",
+        "pod",
+        "namespace",
+        "container",
+    ];
 
     /// Turns on the label `name`; false if there is no such label.
     pub fn enable(&mut self, name: &str) -> bool {
         match name {
             "comm" => self.comm = true,
             "peer" => self.peer = true,
+            "cgroup" => self.cgroup = true,
+            "unit" => self.unit = true,
+            "container_id" => self.container_id = true,
+            "pod" => self.pod = true,
+            "namespace" => self.namespace = true,
+            "container" => self.container = true,
             _ => return false,
         }
         true
     }
+
+    /// Whether any label needs the acting task's workload (its cgroup).
+    pub fn workload(&self) -> bool {
+        self.cgroup
+            || self.unit
+            || self.container_id
+            || self.pod
+            || self.namespace
+            || self.container
+    }
+
+    /// These labels with every workload label off.
+    pub fn without_workload(self) -> Self {
+        Self {
+            comm: self.comm,
+            peer: self.peer,
+            ..Self::default()
+        }
+    }
 }
 
 /// The opt-in labels of one series, encoded in this order and only when
-/// present: `comm`, `peer`, `port`.
+/// present: `comm`, `peer`, `port`, `cgroup`, `unit`, `container_id`,
+/// `namespace`, `pod`, `pod_uid`, `container`.
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
 pub struct OptLabels {
     pub comm: Option<Arc<str>>,
     pub peer: Option<Arc<str>>,
     pub port: Option<Arc<str>>,
+    pub cgroup: Option<Arc<str>>,
+    pub unit: Option<Arc<str>>,
+    pub container_id: Option<Arc<str>>,
+    pub namespace: Option<Arc<str>>,
+    pub pod: Option<Arc<str>>,
+    pub pod_uid: Option<Arc<str>>,
+    pub container: Option<Arc<str>>,
 }
 
 impl OptLabels {
@@ -59,7 +115,33 @@ impl OptLabels {
             comm: fold(&self.comm),
             peer: fold(&self.peer),
             port: fold(&self.port),
+            cgroup: fold(&self.cgroup),
+            unit: fold(&self.unit),
+            container_id: fold(&self.container_id),
+            namespace: fold(&self.namespace),
+            pod: fold(&self.pod),
+            pod_uid: fold(&self.pod_uid),
+            container: fold(&self.container),
         }
+    }
+
+    /// These labels with the workload labels that `on` turns on, from
+    /// `workload` (None: the record carries no workload). A label the
+    /// workload has no value for is left out, as Prometheus reads an empty
+    /// one; `cgroup` always has one ([`super::workload::KERNEL`] for kernel
+    /// context, [`super::workload::UNRESOLVED`] for a cgroup gone before it was
+    /// looked up).
+    pub fn with_workload(mut self, on: &OptInLabels, workload: Option<&Workload>) -> Self {
+        let Some(w) = workload else { return self };
+        let pick = |on: bool, v: &Option<Arc<str>>| if on { v.clone() } else { None };
+        self.cgroup = on.cgroup.then(|| w.cgroup.clone());
+        self.unit = pick(on.unit, &w.unit);
+        self.container_id = pick(on.container_id, &w.container_id);
+        self.namespace = pick(on.namespace, &w.namespace);
+        self.pod = pick(on.pod, &w.pod);
+        self.pod_uid = pick(on.pod, &w.pod_uid);
+        self.container = pick(on.container, &w.container);
+        self
     }
 }
 
@@ -69,6 +151,13 @@ impl EncodeLabelSet for OptLabels {
             ("comm", &self.comm),
             ("peer", &self.peer),
             ("port", &self.port),
+            ("cgroup", &self.cgroup),
+            ("unit", &self.unit),
+            ("container_id", &self.container_id),
+            ("namespace", &self.namespace),
+            ("pod", &self.pod),
+            ("pod_uid", &self.pod_uid),
+            ("container", &self.container),
         ] {
             if let Some(v) = value {
                 (key, v.as_ref()).encode(enc.encode_label())?;

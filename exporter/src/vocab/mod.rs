@@ -1,6 +1,7 @@
 //! The bottom layer: vocabularies every other layer shares (labels and the
 //! series cap, time, the kernel's names for numbers, errno names, spans,
-//! what the binary was built from, which programs use which maps).
+//! what the binary was built from, which programs use which maps, what a
+//! cgroup path says about its workload).
 //! Nothing here imports anything above it (see tests/repo/layers.rs).
 
 pub mod bounded;
@@ -12,3 +13,4 @@ pub mod labels;
 pub mod redact;
 pub mod refs;
 pub mod spans;
+pub mod workload;

@@ -15,7 +15,9 @@
 //! admitted span is queued as the record's raw fields ([`SpanData`]): the
 //! attribute strings are built by the exporter's task, off the consumer.
 //! So every handshake or call is exactly one of: queued, or dropped for one
-//! reason; and every queued span is sent or still waiting.
+//! reason; and every queued span is sent or still waiting. A queued span
+//! also keeps the acting task's workload, resolved from the workload cache
+//! when the span is made (a cgroup may be gone by export time).
 
 use std::{
     collections::VecDeque,
@@ -26,6 +28,8 @@ use std::{
 };
 
 use prometheus_client::metrics::counter::Counter;
+
+use super::workload::Workload;
 
 /// What a span is about: the record's fields, as the kernel gave them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,11 +64,13 @@ pub enum SpanData {
 }
 
 /// A finished span, in Unix nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SpanRecord {
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
     pub data: SpanData,
+    /// The acting task's workload, when workload resolution is on.
+    pub workload: Option<Arc<Workload>>,
 }
 
 /// The three ways a span can be dropped, each a counter of
@@ -243,7 +249,7 @@ impl SpanSink {
         match &self.shared {
             Some(s) => {
                 let q = s.queue.lock().unwrap_or_else(|e| e.into_inner());
-                q.iter().take(max).copied().collect()
+                q.iter().take(max).cloned().collect()
             }
             None => Vec::new(),
         }
@@ -293,6 +299,7 @@ mod tests {
                 key_hash: None,
                 value_hash: None,
             },
+            workload: None,
         }
     }
 

@@ -320,7 +320,11 @@ pub fn to_trace_request(
     let spans = spans
         .iter()
         .map(|s| {
-            let (name, kind, attributes, error) = describe(&s.data);
+            let (name, kind, mut attributes, error) = describe(&s.data);
+            // The acting task's workload (k8s.*, container.*, cgroup, unit).
+            if let Some(w) = &s.workload {
+                attributes.extend(w.span_attributes().iter().map(|(k, v)| attr(k, v)));
+            }
             let mut trace_id = ids.next().to_be_bytes().to_vec();
             trace_id.extend(ids.next().to_be_bytes());
             Span {
@@ -459,6 +463,9 @@ mod tests {
                     comm,
                     outcome: "refused",
                 },
+                workload: Some(std::sync::Arc::new(crate::vocab::workload::parse(
+                    "/system.slice/docker-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope",
+                ))),
             },
             SpanRecord {
                 start_unix_ns: 30,
@@ -475,6 +482,7 @@ mod tests {
                     key_hash: Some(0xaf63_bd4c_8601_b7df),
                     value_hash: None,
                 },
+                workload: None,
             },
         ];
         let req = to_trace_request(&spans, &mut IdGen::seeded(), &resource(&[], "h"));
@@ -504,6 +512,13 @@ mod tests {
         assert_eq!(get(0, "process.pid"), int(42));
         assert_eq!(get(0, "process.command"), text("curl"));
         assert_eq!(get(0, "error.type"), text("refused"));
+        // The workload, when resolution is on.
+        assert_eq!(
+            get(0, "container.id"),
+            text("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+        );
+        assert_eq!(get(0, "container.runtime.name"), text("docker"));
+        assert_eq!(get(1, "container.id"), None);
         assert_eq!(s[0].status.as_ref().unwrap().code, StatusCode::Error as i32);
         assert_eq!(
             (s[1].name.as_str(), s[1].kind),

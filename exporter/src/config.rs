@@ -293,41 +293,7 @@ impl Config {
     /// Parses YAML text strictly: every unknown key and the first type error
     /// are reported, each with its path. Does not validate values.
     pub fn parse(text: &str) -> Result<Self, ConfigErrors> {
-        // The YAML parser's time grows with the square of the nesting
-        // depth: refuse deep nesting before it starts.
-        if let Some(e) = crate::vocab::bounded::flow_depth_error(text) {
-            return Err(ConfigErrors(vec![e]));
-        }
-        if text.trim().is_empty() {
-            return Ok(Self::default());
-        }
-        let mut unknown = Vec::new();
-        let mut track = serde_path_to_error::Track::new();
-        let de = serde_yaml_ng::Deserializer::from_str(text);
-        let result: Result<Config, _> = {
-            let de = serde_path_to_error::Deserializer::new(de, &mut track);
-            serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
-        };
-        let mut errors: Vec<String> = unknown
-            .into_iter()
-            .map(|p| format!("{p}: unknown key"))
-            .collect();
-        match result {
-            Ok(cfg) if errors.is_empty() => Ok(cfg),
-            Ok(_) => Err(ConfigErrors(errors)),
-            Err(e) => {
-                let path = track.path().to_string();
-                let msg = e.to_string();
-                // serde_yaml_ng already names the path in most messages and
-                // appends " at line L column C": keep it, it helps.
-                if path.is_empty() || path == "." || msg.starts_with(&path) {
-                    errors.push(msg);
-                } else {
-                    errors.push(format!("{path}: {msg}"));
-                }
-                Err(ConfigErrors(errors))
-            }
-        }
+        crate::vocab::bounded::parse_yaml(text).map_err(ConfigErrors)
     }
 
     /// Checks every value and returns all problems at once; the `otlp`

@@ -72,6 +72,46 @@ pub enum ReadError {
     NotUtf8,
 }
 
+/// Parses a YAML configuration text strictly, for every file edgewatch
+/// reads (its configuration and the web configuration): deep nesting is
+/// refused before parsing, an empty text is `T::default()`, every unknown
+/// key is reported with its path, then the first type error (named by its
+/// path when serde_yaml_ng's message does not already name it; its
+/// " at line L column C" stays, it helps).
+pub fn parse_yaml<T: serde::de::DeserializeOwned + Default>(text: &str) -> Result<T, Vec<String>> {
+    if let Some(e) = flow_depth_error(text) {
+        return Err(vec![e]);
+    }
+    if text.trim().is_empty() {
+        return Ok(T::default());
+    }
+    let mut unknown = Vec::new();
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let result: Result<T, _> = {
+        let de = serde_path_to_error::Deserializer::new(de, &mut track);
+        serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
+    };
+    let mut errors: Vec<String> = unknown
+        .into_iter()
+        .map(|p| format!("{p}: unknown key"))
+        .collect();
+    match result {
+        Ok(value) if errors.is_empty() => Ok(value),
+        Ok(_) => Err(errors),
+        Err(e) => {
+            let path = track.path().to_string();
+            let msg = e.to_string();
+            if path.is_empty() || path == "." || msg.starts_with(&path) {
+                errors.push(msg);
+            } else {
+                errors.push(format!("{path}: {msg}"));
+            }
+            Err(errors)
+        }
+    }
+}
+
 /// Reads at most `max` bytes of UTF-8 text; a longer file (or an endless
 /// one such as `/dev/zero`) is an error after reading `max + 1` bytes.
 pub fn read_to_string(path: &Path, max: u64) -> Result<String, ReadError> {

@@ -185,37 +185,7 @@ pub struct WebSpec {
 /// Parses the file's text strictly: every unknown key is reported with its
 /// path, then the first type error.
 pub fn parse(text: &str) -> Result<WebFile, Vec<String>> {
-    if let Some(e) = bounded::flow_depth_error(text) {
-        return Err(vec![e]);
-    }
-    if text.trim().is_empty() {
-        return Ok(WebFile::default());
-    }
-    let mut unknown = Vec::new();
-    let mut track = serde_path_to_error::Track::new();
-    let de = serde_yaml_ng::Deserializer::from_str(text);
-    let result: Result<WebFile, _> = {
-        let de = serde_path_to_error::Deserializer::new(de, &mut track);
-        serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
-    };
-    let mut errors: Vec<String> = unknown
-        .into_iter()
-        .map(|p| format!("{p}: unknown key"))
-        .collect();
-    match result {
-        Ok(file) if errors.is_empty() => Ok(file),
-        Ok(_) => Err(errors),
-        Err(e) => {
-            let path = track.path().to_string();
-            let msg = e.to_string();
-            if path.is_empty() || path == "." || msg.starts_with(&path) {
-                errors.push(msg);
-            } else {
-                errors.push(format!("{path}: {msg}"));
-            }
-            Err(errors)
-        }
-    }
+    bounded::parse_yaml(text)
 }
 
 fn pem(inline: &str, file: &str, what: &str, errors: &mut Vec<String>) -> Option<Pem> {

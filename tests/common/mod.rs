@@ -172,7 +172,13 @@ pub fn set_thread_comm(name: &str) {
 
 /// Reads `group: field` from the calling thread's /proc/net/snmp.
 pub fn snmp_counter(group: &str, field: &str) -> u64 {
-    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
+    // Tcp, Ip, ... live in snmp; TcpExt and IpExt in netstat.
+    let file = if group.ends_with("Ext") {
+        "netstat"
+    } else {
+        "snmp"
+    };
+    let text = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap();
     let prefix = format!("{group}:");
     let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
     let names: Vec<&str> = lines.next().unwrap().split_whitespace().collect();

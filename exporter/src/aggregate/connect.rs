@@ -266,7 +266,7 @@ impl OnRecord<ConnectCall> for ConnectAggregator {
             },
             cgroup: self.ctx.workload_key(c),
         };
-        if let Some(h) = self.call_handles.peek(&key) {
+        if let Some(h) = self.call_handles.lookup(&key) {
             h.handle.inc();
             h.note_fold();
             return;

@@ -271,7 +271,7 @@ impl MapAggregator {
             },
             cgroup: self.ctx.workload_key(op),
         };
-        if let Some(h) = self.op_handles.peek(&key) {
+        if let Some(h) = self.op_handles.lookup(&key) {
             h.handle.inc_by(n);
             h.note_fold();
             return;
@@ -299,7 +299,7 @@ impl MapAggregator {
             map_id: op.map_id,
             map_name: op.map_name,
         };
-        if let Some(h) = self.last_handles.peek(&key) {
+        if let Some(h) = self.last_handles.lookup(&key) {
             h.handle.set(unix_seconds);
             h.note_fold();
             return;

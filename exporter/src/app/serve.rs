@@ -263,6 +263,7 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
         registry: registry.clone(),
         flush: Some(flush.clone()),
         telemetry_path: settings.telemetry_path.clone(),
+        scrapes: Arc::default(),
     });
     let address = listener
         .local_addr()

@@ -52,6 +52,14 @@ pub fn write_value(v: f64, out: &mut String) {
 }
 
 fn escape(v: &str, quote: bool, out: &mut String) {
+    // Most values need no escaping: one copy.
+    if !v
+        .bytes()
+        .any(|b| b == b'\\' || b == b'\n' || (quote && b == b'"'))
+    {
+        out.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),

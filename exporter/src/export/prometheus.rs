@@ -7,10 +7,17 @@
 //! Prometheus, many agents), is written from the typed snapshot
 //! (model.rs).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Router,
+    body::Bytes,
     extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -33,6 +40,85 @@ pub struct AppState {
     /// None in tests without a ring buffer.
     pub flush: Option<FlushHandle>,
     pub telemetry_path: String,
+    /// Concurrent scrapes share encodes (see [`Scrapes`]).
+    pub scrapes: Arc<Scrapes>,
+}
+
+/// Scrapes in flight share one encode at a time. A scrape that arrives
+/// while another encodes waits for it, then takes the body of the first
+/// encode that *started after it arrived* (its drain of the ring buffer
+/// came later than the request, so it holds every record read before the
+/// request), or encodes itself. So N concurrent scrapes cost about two
+/// encodes instead of N, one encode's memory is live at a time, and no
+/// scrape sees older numbers than if it had encoded alone.
+#[derive(Debug, Default)]
+pub struct Scrapes {
+    /// Encodes started so far; an encode's generation is this after it.
+    started: AtomicU64,
+    last: tokio::sync::Mutex<Option<Encoded>>,
+}
+
+#[derive(Debug)]
+struct Encoded {
+    generation: u64,
+    openmetrics: bool,
+    body: Result<Bytes, ()>,
+}
+
+impl Scrapes {
+    async fn get(
+        &self,
+        registry: &Arc<Registry>,
+        flush: Option<&FlushHandle>,
+        openmetrics: bool,
+    ) -> Result<Bytes, ()> {
+        let arrived = self.started.load(Ordering::Acquire);
+        let mut last = self.last.lock().await;
+        if let Some(e) = last.as_ref()
+            && e.generation > arrived
+            && e.openmetrics == openmetrics
+        {
+            return e.body.clone();
+        }
+        let generation = self.started.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Some(flush) = flush
+            && !flush.flush(FLUSH_TIMEOUT).await
+        {
+            tracing::warn!("ring-buffer drain before scrape timed out; serving what is aggregated");
+        }
+        // The size of the last body: one allocation instead of a doubling
+        // series of copies while the text grows.
+        let capacity = last
+            .as_ref()
+            .and_then(|e| e.body.as_ref().ok())
+            .map_or(0, |b| b.len() + b.len() / 8);
+        let registry = registry.clone();
+        let body = tokio::task::spawn_blocking(move || encode(&registry, openmetrics, capacity))
+            .await
+            .map_err(|e| tracing::error!(error = %e, "encoding metrics panicked"))
+            .and_then(|r| r.map_err(|e| tracing::error!(error = %e, "encoding metrics failed")));
+        *last = Some(Encoded {
+            generation,
+            openmetrics,
+            body: body.clone(),
+        });
+        body
+    }
+}
+
+/// The exposition of `registry` in OpenMetrics or the classic text format.
+fn encode(
+    registry: &Registry,
+    openmetrics: bool,
+    capacity: usize,
+) -> Result<Bytes, std::fmt::Error> {
+    let mut body = String::with_capacity(capacity);
+    if openmetrics {
+        prometheus_client::encoding::text::encode(&mut body, registry)?;
+    } else {
+        model::write_prometheus_text(&model::snapshot(registry)?, &mut body);
+    }
+    Ok(Bytes::from(body))
 }
 
 pub fn router(state: AppState) -> Router {
@@ -72,36 +158,29 @@ pub fn wants_openmetrics(headers: &HeaderMap) -> bool {
 }
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(flush) = &state.flush
-        && !flush.flush(FLUSH_TIMEOUT).await
+    let openmetrics = wants_openmetrics(&headers);
+    match state
+        .scrapes
+        .get(&state.registry, state.flush.as_ref(), openmetrics)
+        .await
     {
-        tracing::warn!("ring-buffer drain before scrape timed out; serving what is aggregated");
-    }
-    let encoded = if wants_openmetrics(&headers) {
-        let mut body = String::new();
-        prometheus_client::encoding::text::encode(&mut body, &state.registry)
-            .map(|()| (OPENMETRICS_TYPE, body))
-    } else {
-        model::snapshot(&state.registry).map(|set| {
-            let mut body = String::new();
-            model::write_prometheus_text(&set, &mut body);
-            (TEXT_TYPE, body)
-        })
-    };
-    match encoded {
-        Ok((content_type, body)) => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(if openmetrics {
+                    OPENMETRICS_TYPE
+                } else {
+                    TEXT_TYPE
+                }),
+            )],
             body,
         )
             .into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "encoding metrics failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "encoding metrics failed\n",
-            )
-                .into_response()
-        }
+        Err(()) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding metrics failed\n",
+        )
+            .into_response(),
     }
 }
 
@@ -135,6 +214,7 @@ mod tests {
             registry: Arc::new(registry()),
             flush: None,
             telemetry_path: "/metrics".into(),
+            scrapes: Arc::default(),
         })
     }
 
@@ -193,6 +273,79 @@ mod tests {
         )
         .await;
         assert_eq!(ct, TEXT_TYPE);
+    }
+
+    /// A collector whose first encode takes 300 ms and which reports how
+    /// many encodes have started, counting them.
+    #[derive(Debug, Default)]
+    struct SlowFirst(std::sync::atomic::AtomicU64);
+
+    impl prometheus_client::collector::Collector for SlowFirst {
+        fn encode(
+            &self,
+            mut encoder: prometheus_client::encoding::DescriptorEncoder,
+        ) -> Result<(), std::fmt::Error> {
+            use prometheus_client::encoding::EncodeMetric;
+            let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            if n == 1 {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            let g = prometheus_client::metrics::gauge::ConstGauge::new(n as i64);
+            g.encode(encoder.encode_descriptor(
+                "encodes",
+                "Encodes started",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_scrapes_share_the_next_encode() {
+        let slow = Arc::new(SlowFirst::default());
+        let mut r = Registry::default();
+        r.register_collector(Box::new(SharedSlow(slow.clone())));
+        let app = router(AppState {
+            registry: Arc::new(r),
+            flush: None,
+            telemetry_path: "/metrics".into(),
+            scrapes: Arc::default(),
+        });
+        let fetch = |app: Router| async move {
+            let resp = app
+                .oneshot(
+                    axum::http::Request::get("/metrics")
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(body.to_vec()).unwrap()
+        };
+        // The first scrape encodes alone (300 ms); seven arrive meanwhile.
+        let first = tokio::spawn(fetch(app.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let rest: Vec<_> = (0..7).map(|_| tokio::spawn(fetch(app.clone()))).collect();
+        assert!(first.await.unwrap().contains("\nencodes 1\n"));
+        // None of the seven takes the encode that began before it arrived:
+        // they share one that began after.
+        for r in rest {
+            assert!(r.await.unwrap().contains("\nencodes 2\n"));
+        }
+        assert_eq!(slow.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[derive(Debug)]
+    struct SharedSlow(Arc<SlowFirst>);
+
+    impl prometheus_client::collector::Collector for SharedSlow {
+        fn encode(
+            &self,
+            encoder: prometheus_client::encoding::DescriptorEncoder,
+        ) -> Result<(), std::fmt::Error> {
+            self.0.encode(encoder)
+        }
     }
 
     #[tokio::test]

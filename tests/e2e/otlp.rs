@@ -429,6 +429,64 @@ fn pushes_over_grpc_and_http_with_tls_and_a_header() {
     }
 }
 
+/// A SIGTERM while a trace push is with the collector (its answer held
+/// 1.5 s) lets that push finish instead of cutting it and sending its
+/// spans again in the last push: every span arrives exactly once.
+#[test]
+fn a_push_in_flight_at_shutdown_is_not_sent_twice() {
+    if !privileged() {
+        return;
+    }
+    let _serial = serial();
+    const N: usize = 40;
+    let certs = Certs::generate();
+    let rx = Receiver::start(&certs, TOKEN, false);
+    rx.delay_trace_responses(Duration::from_millis(1500));
+    let url = rx.url();
+    let headers = format!("x-ew-token={TOKEN}");
+    let mut ew = Edgewatch::start(&[
+        "--probes",
+        "connect",
+        "--otlp.endpoint",
+        &url,
+        "--otlp.headers",
+        &headers,
+        "--otlp.tls.ca-file",
+        certs.ca.to_str().unwrap(),
+        "--otlp.traces",
+        "--otlp.interval-ms",
+        "300",
+    ]);
+    let comm = format!("otlpf{}", std::process::id() % 100_000);
+    let before = rx.trace_requests();
+    handshakes("otlpf", &comm, 0, N);
+    // The next trace request logged carries our spans; its answer is held.
+    poll(Duration::from_secs(20), || {
+        (rx.trace_requests() > before).then_some(())
+    })
+    .expect("a trace push after the handshakes");
+    assert_eq!(ew.signal_and_wait(libc::SIGTERM), Some(0));
+    let all = spans(&rx.received());
+    let mine = ours(&all, &comm, "tcp.connect").len();
+    let mut ids: Vec<&[u8]> = all.iter().map(|s| s.span_id.as_slice()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let starts: std::collections::BTreeSet<(u64, u64)> = ours(&all, &comm, "tcp.connect")
+        .iter()
+        .map(|s| (s.start_time_unix_nano, s.end_time_unix_nano))
+        .collect();
+    eprintln!(
+        "{mine} spans of our {N} handshakes, {} distinct times; {} spans, {} distinct ids host-wide",
+        starts.len(),
+        all.len(),
+        ids.len()
+    );
+    assert_eq!(starts.len(), mine, "a handshake's span arrived twice");
+    assert_eq!(mine, N, "every handshake's span, once");
+    let last = last_metrics(&rx);
+    assert_eq!(total(&last, "edgewatch_spans_dropped_total", &[]), 0.0);
+}
+
 /// At ratio 0.5 our handshakes' spans are a binomial share; with a rate
 /// limit, a burst keeps about a second's worth. Either way every handshake
 /// edgewatch counted (host-wide) is a span received or a drop counted,

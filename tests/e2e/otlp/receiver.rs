@@ -18,7 +18,7 @@ use std::{
     process::Command,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -173,6 +173,9 @@ struct State {
     /// When each of those was answered.
     failed_at: Mutex<Vec<Instant>>,
     unauthorized: AtomicUsize,
+    /// Milliseconds to hold each trace response after the request is
+    /// logged: the collector has the spans, the client does not know yet.
+    trace_delay_ms: AtomicU64,
 }
 
 /// Seconds the retryable errors ask the client to wait.
@@ -232,6 +235,16 @@ fn plain(status: u16, extra: Option<(&str, String)>, body: Vec<u8>) -> Response<
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let traces = req.uri().path().contains("trace");
+    let resp = answer(state.clone(), req).await;
+    let delay = state.trace_delay_ms.load(Ordering::Relaxed);
+    if traces && delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    resp
+}
+
+async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let grpc = req
         .headers()
         .get("content-type")
@@ -456,6 +469,24 @@ impl Receiver {
     /// Answers the next `n` authorized requests with a retryable error.
     pub fn fail_next(&self, n: usize) {
         self.state.fail_next.store(n, Ordering::Relaxed);
+    }
+
+    /// Holds every trace response `d` after logging its request.
+    pub fn delay_trace_responses(&self, d: Duration) {
+        self.state
+            .trace_delay_ms
+            .store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Trace export requests logged so far.
+    pub fn trace_requests(&self) -> usize {
+        self.state
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| matches!(r, Received::Traces { .. }))
+            .count()
     }
 
     pub fn failed_at(&self) -> Vec<Instant> {

@@ -223,28 +223,41 @@ impl Exporter {
     /// request timeout.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let start = unix_nanos();
+        let budget = self.final_budget;
         let mut ids = IdGen::seeded();
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let end = loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = shutdown.changed() => break,
+                _ = shutdown.changed() => break Instant::now() + budget,
             }
-            // Retries stop when the next push is due; a shutdown cuts the
-            // cycle short for the last push.
+            // Retries stop when the next push is due. A shutdown during a
+            // cycle lets it finish within the last push's budget: its
+            // request may already be with the collector, and cutting it
+            // would leave its spans queued for the last push to send again
+            // (a duplicate the collector cannot tell apart).
             let deadline = Instant::now() + self.interval;
+            let cycle = self.cycle(start, deadline, &mut ids);
+            tokio::pin!(cycle);
             let stop = tokio::select! {
-                () = self.cycle(start, deadline, &mut ids) => false,
+                () = &mut cycle => false,
                 _ = shutdown.changed() => true,
             };
             if stop {
-                break;
+                let end = Instant::now() + budget;
+                if tokio::time::timeout_at(end.into(), cycle).await.is_err() {
+                    tracing::warn!(
+                        ?budget,
+                        "the OTLP push in flight at shutdown did not finish in time"
+                    );
+                    return;
+                }
+                break end;
             }
-        }
-        let budget = self.final_budget;
-        let last = self.cycle(start, Instant::now() + budget, &mut ids);
-        if tokio::time::timeout(budget, last).await.is_err() {
+        };
+        let last = self.cycle(start, end, &mut ids);
+        if tokio::time::timeout_at(end.into(), last).await.is_err() {
             tracing::warn!(
                 ?budget,
                 "the last OTLP push at shutdown did not finish in time"

@@ -429,6 +429,23 @@ fn pushes_over_grpc_and_http_with_tls_and_a_header() {
     }
 }
 
+/// edgewatch pushing to `rx` over TLS (its CA) with the token header it
+/// requires, and `extra` arguments.
+fn start_pushing(rx: &Receiver, certs: &Certs, extra: &[&str]) -> Edgewatch {
+    let url = rx.url();
+    let headers = format!("x-ew-token={TOKEN}");
+    let mut args = vec![
+        "--otlp.endpoint",
+        &url,
+        "--otlp.headers",
+        &headers,
+        "--otlp.tls.ca-file",
+        certs.ca.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Edgewatch::start(&args)
+}
+
 /// A SIGTERM while a trace push is with the collector (its answer held
 /// 1.5 s) lets that push finish instead of cutting it and sending its
 /// spans again in the last push: every span arrives exactly once.
@@ -442,21 +459,17 @@ fn a_push_in_flight_at_shutdown_is_not_sent_twice() {
     let certs = Certs::generate();
     let rx = Receiver::start(&certs, TOKEN, false);
     rx.delay_trace_responses(Duration::from_millis(1500));
-    let url = rx.url();
-    let headers = format!("x-ew-token={TOKEN}");
-    let mut ew = Edgewatch::start(&[
-        "--probes",
-        "connect",
-        "--otlp.endpoint",
-        &url,
-        "--otlp.headers",
-        &headers,
-        "--otlp.tls.ca-file",
-        certs.ca.to_str().unwrap(),
-        "--otlp.traces",
-        "--otlp.interval-ms",
-        "300",
-    ]);
+    let mut ew = start_pushing(
+        &rx,
+        &certs,
+        &[
+            "--probes",
+            "connect",
+            "--otlp.traces",
+            "--otlp.interval-ms",
+            "300",
+        ],
+    );
     let comm = format!("otlpf{}", std::process::id() % 100_000);
     let before = rx.trace_requests();
     handshakes("otlpf", &comm, 0, N);
@@ -501,26 +514,22 @@ fn sampling_and_rate_limits_count_every_drop() {
     for (ratio, per_second) in [("0.5", "0"), ("1", "50")] {
         let certs = Certs::generate();
         let rx = Receiver::start(&certs, TOKEN, false);
-        let url = rx.url();
-        let headers = format!("x-ew-token={TOKEN}");
         let started = Instant::now();
-        let mut ew = Edgewatch::start(&[
-            "--probes",
-            "connect",
-            "--otlp.endpoint",
-            &url,
-            "--otlp.headers",
-            &headers,
-            "--otlp.tls.ca-file",
-            certs.ca.to_str().unwrap(),
-            "--otlp.traces",
-            "--otlp.traces-sample-ratio",
-            ratio,
-            "--otlp.traces-max-per-second",
-            per_second,
-            "--otlp.interval-ms",
-            "300",
-        ]);
+        let mut ew = start_pushing(
+            &rx,
+            &certs,
+            &[
+                "--probes",
+                "connect",
+                "--otlp.traces",
+                "--otlp.traces-sample-ratio",
+                ratio,
+                "--otlp.traces-max-per-second",
+                per_second,
+                "--otlp.interval-ms",
+                "300",
+            ],
+        );
         let comm = format!("otlps{}", std::process::id() % 100_000);
         handshakes("otlps", &comm, 0, N);
         assert_eq!(ew.signal_and_wait(libc::SIGTERM), Some(0));
@@ -684,26 +693,22 @@ fn a_collector_down_for_three_intervals_then_back() {
     let _serial = serial();
     let certs = Certs::generate();
     let mut rx = Receiver::start(&certs, TOKEN, false);
-    let url = rx.url();
-    let headers = format!("x-ew-token={TOKEN}");
-    let mut ew = Edgewatch::start(&[
-        "--probes",
-        "connect",
-        "--metrics.labels=comm",
-        "--otlp.endpoint",
-        &url,
-        "--otlp.headers",
-        &headers,
-        "--otlp.tls.ca-file",
-        certs.ca.to_str().unwrap(),
-        "--otlp.traces",
-        "--otlp.max-queued-spans",
-        "50",
-        "--otlp.interval-ms",
-        "500",
-        "--otlp.timeout-ms",
-        "1000",
-    ]);
+    let mut ew = start_pushing(
+        &rx,
+        &certs,
+        &[
+            "--probes",
+            "connect",
+            "--metrics.labels=comm",
+            "--otlp.traces",
+            "--otlp.max-queued-spans",
+            "50",
+            "--otlp.interval-ms",
+            "500",
+            "--otlp.timeout-ms",
+            "1000",
+        ],
+    );
     push_after(&rx, Instant::now(), Duration::from_secs(10));
     let unix_ns = || {
         std::time::SystemTime::now()
@@ -803,22 +808,18 @@ fn retry_after_and_retry_info_are_honoured() {
         let certs = Certs::generate();
         let rx = Receiver::start(&certs, TOKEN, false);
         rx.fail_next(1);
-        let url = rx.url();
-        let headers = format!("x-ew-token={TOKEN}");
-        let ew = Edgewatch::start(&[
-            "--probes",
-            "connect",
-            "--otlp.protocol",
-            protocol,
-            "--otlp.endpoint",
-            &url,
-            "--otlp.headers",
-            &headers,
-            "--otlp.tls.ca-file",
-            certs.ca.to_str().unwrap(),
-            "--otlp.interval-ms",
-            "5000",
-        ]);
+        let ew = start_pushing(
+            &rx,
+            &certs,
+            &[
+                "--probes",
+                "connect",
+                "--otlp.protocol",
+                protocol,
+                "--otlp.interval-ms",
+                "5000",
+            ],
+        );
         let (failed, sent) = poll(Duration::from_secs(15), || {
             let failed = *rx.failed_at().first()?;
             let (at, _) = metric_pushes(&rx.received()).into_iter().next()?;

@@ -327,7 +327,12 @@ fn sigterm_detaches_and_exits_zero() {
     }
     let _serial = serial();
     let mut ew = Edgewatch::start(&["--probes", "connect"]);
-    let id_before = prog_ids_of(ew.pid());
+    // The programs edgewatch holds open (its fds' prog_id), not other
+    // engineers' programs on the same kernel.
+    let id_before: Vec<u64> = crate::common::bench::prog_ids_of(ew.pid())
+        .into_iter()
+        .map(u64::from)
+        .collect();
     assert!(!id_before.is_empty(), "no program loaded by edgewatch");
     assert_eq!(ew.signal_and_wait(libc::SIGTERM), Some(0));
     // The kernel frees a program after an RCU grace period once its last
@@ -349,23 +354,6 @@ fn sigterm_detaches_and_exits_zero() {
         remaining.is_empty(),
         "programs still loaded after exit: {remaining:?}"
     );
-}
-
-/// The BPF programs process `pid` holds open (its fds' `prog_id`), not
-/// other engineers' programs on the same kernel.
-fn prog_ids_of(pid: u32) -> Vec<u64> {
-    let mut ids = Vec::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
-        let info = std::fs::read_to_string(fd.unwrap().path()).unwrap_or_default();
-        if let Some(id) = info
-            .lines()
-            .find_map(|l| l.strip_prefix("prog_id:"))
-            .and_then(|v| v.trim().parse().ok())
-        {
-            ids.push(id);
-        }
-    }
-    ids
 }
 
 /// Every BPF program on the host.

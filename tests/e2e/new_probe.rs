@@ -3,10 +3,20 @@
 //! `syscalls:sys_enter_getppid`), builds, attaches it, and counts an exact
 //! number of getppid() calls from a thread with a name of its own.
 //!
-//! The copy builds in target/new-probe/, seeded once from target/debug so
-//! that only the workspace's own crates compile.
+//! The copy builds in target/new-probe/, seeded from target/debug so that
+//! only the workspace's own crates compile: the dependencies' libraries are
+//! hard links (rustc replaces an output by renaming a new file over it and
+//! never rewrites one in place, so the copy's build cannot alter
+//! target/debug), their build-script outputs and fingerprints are copied,
+//! and nothing else is (test executables and incremental state are most of
+//! target/debug; a full copy filled CI's disk). The copy is removed when
+//! the test ends.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use crate::common::{Edgewatch, poll, privileged, repo, run, serial, set_thread_comm};
 
@@ -27,6 +37,50 @@ fn sh(dir: &Path, script: &str) {
     );
 }
 
+/// Removes the copy (tree and target) when the test ends, pass or fail.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The workspace's own crates (and their tests) are left out so they
+/// build from the copy's sources.
+fn ours(name: &str) -> bool {
+    name.starts_with("edgewatch") || name.starts_with("libedgewatch")
+}
+
+fn seed(from: &Path, to: &Path) {
+    let deps = to.join("deps");
+    std::fs::create_dir_all(&deps).unwrap();
+    let mut linked = 0;
+    for entry in std::fs::read_dir(from.join("deps")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let library =
+            name.starts_with("lib") && [".rlib", ".rmeta", ".so"].iter().any(|e| name.ends_with(e));
+        if library && !ours(&name) {
+            std::fs::hard_link(entry.path(), deps.join(&name)).unwrap();
+            linked += 1;
+        }
+    }
+    assert!(linked > 0, "no dependency libraries in {}", from.display());
+    for dir in ["build", ".fingerprint"] {
+        std::fs::create_dir_all(to.join(dir)).unwrap();
+        let mut cp = vec!["cp".to_string(), "-a".to_string()];
+        for entry in std::fs::read_dir(from.join(dir)).unwrap() {
+            let entry = entry.unwrap();
+            if !ours(&entry.file_name().to_string_lossy()) {
+                cp.push(entry.path().to_string_lossy().into_owned());
+            }
+        }
+        cp.push(to.join(dir).to_string_lossy().into_owned());
+        run(&cp.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+}
+
 #[test]
 fn a_probe_from_the_template_builds_attaches_and_counts() {
     if !privileged() {
@@ -36,24 +90,17 @@ fn a_probe_from_the_template_builds_attaches_and_counts() {
     let work = root.join("target/new-probe");
     let tree = work.join("tree");
     let target = work.join("target");
-    let _ = std::fs::remove_dir_all(&tree);
+    let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&tree).unwrap();
     sh(
         &root,
         &format!(
-            "tar --exclude=./target --exclude=./.git -cf - . | tar -C {} -xf -",
+            "tar --exclude=./target --exclude=./fuzz --exclude=./.git -cf - . | tar -C {} -xf -",
             tree.display()
         ),
     );
-    if !target.join("debug").exists() && root.join("target/debug").exists() {
-        std::fs::create_dir_all(&target).unwrap();
-        run(&[
-            "cp",
-            "-a",
-            root.join("target/debug").to_str().unwrap(),
-            target.to_str().unwrap(),
-        ]);
-    }
+    let _cleanup = RemoveOnDrop(work.clone());
+    seed(&root.join("target/debug"), &target.join("debug"));
     sh(
         &tree,
         "./scripts/new-probe getppid syscalls:sys_enter_getppid",

@@ -19,7 +19,8 @@
 //! | map/program inventory (GET_NEXT_ID, GET_FD_BY_ID, every scrape) | CAP_SYS_ADMIN, when the map probe is on |
 //! | map entries through the iterator (BPF_ITER_CREATE + read on a loaded iterator) | none |
 //! | ring buffer drain, lost/missed counters, XDP counters, blocklist reload (our own fds) | none |
-//! | the BPF_ENABLE_STATS fd (held since start-up) | none |
+//! | the BPF_ENABLE_STATS fd (`bpf.enable_stats`, taken at start-up and held) | none |
+//! | BPF_ENABLE_STATS taken again at every window (`bpf.stats_window_ms`) | CAP_SYS_ADMIN |
 //!
 //! Capabilities are per thread on Linux, and tokio's threads exist before
 //! the drop, so [`drop_after_attach`] applies the new sets on every thread
@@ -78,9 +79,11 @@ pub fn parse_keep(s: &str) -> Result<Keep, String> {
 }
 
 /// The capabilities scrape-time reads need (see the module table), as a
-/// bitmask.
-pub fn scrape_needs(map_probe: bool) -> u64 {
-    if map_probe {
+/// bitmask: CAP_SYS_ADMIN for the map probe's inventory, and for program
+/// statistics in window mode (BPF_ENABLE_STATS is taken again at every
+/// window).
+pub fn scrape_needs(map_probe: bool, stats_windows: bool) -> u64 {
+    if map_probe || stats_windows {
         Capability::CAP_SYS_ADMIN.bitmask()
     } else {
         0
@@ -115,7 +118,11 @@ pub fn names(mask: u64) -> String {
 /// being on) from the effective, permitted, inheritable and ambient sets
 /// of every thread, and logs what it kept. With `Keep::All` nothing is
 /// dropped, and running as full root is warned about once.
-pub fn drop_after_attach(keep: &Keep, map_probe: bool) -> Result<Outcome, String> {
+pub fn drop_after_attach(
+    keep: &Keep,
+    map_probe: bool,
+    stats_windows: bool,
+) -> Result<Outcome, String> {
     let permitted: u64 = caps::read(None, CapSet::Permitted)
         .map_err(|e| format!("reading capabilities: {e}"))?
         .into_iter()
@@ -137,7 +144,7 @@ pub fn drop_after_attach(keep: &Keep, map_probe: bool) -> Result<Outcome, String
                 threads: 0,
             });
         }
-        Keep::Auto => scrape_needs(map_probe),
+        Keep::Auto => scrape_needs(map_probe, stats_windows),
         Keep::List(l) => *l,
     };
     let after = permitted & target;
@@ -366,7 +373,8 @@ mod tests {
 
     #[test]
     fn scrape_needs_follow_the_map_probe() {
-        assert_eq!(scrape_needs(true), 1 << 21);
-        assert_eq!(scrape_needs(false), 0);
+        assert_eq!(scrape_needs(true, false), 1 << 21);
+        assert_eq!(scrape_needs(false, false), 0);
+        assert_eq!(scrape_needs(false, true), 1 << 21);
     }
 }

@@ -181,3 +181,73 @@ fn full_root_keeping_everything_is_warned_about_once() {
         "kept everything: {prm:x}"
     );
 }
+
+/// Program statistics without the map probe: nothing else keeps
+/// CAP_SYS_ADMIN after the drop. `bpf.enable_stats` alone takes
+/// BPF_ENABLE_STATS before the drop and holds it (no capability stays);
+/// window mode takes it again at every window, so CAP_SYS_ADMIN stays.
+/// Either way no attempt fails and the kernel counts this edgewatch's
+/// program runs. (Before the fix, the held fd was taken by a task that
+/// raced the drop, and window mode failed at every window after it.)
+#[test]
+fn program_statistics_survive_the_drop_without_the_map_probe() {
+    if !privileged() {
+        return;
+    }
+    let _g = serial();
+    let ns = Netns::new("capstats");
+    ns.exec(&[
+        "ip", "link", "add", "ewcap0", "type", "veth", "peer", "name", "ewcap1",
+    ]);
+    ns.exec(&["ip", "link", "set", "ewcap0", "up"]);
+    ns.exec(&["ip", "link", "set", "ewcap1", "up"]);
+    let window = [
+        "--bpf.stats-window-ms",
+        "200",
+        "--bpf.stats-interval-ms",
+        "1000",
+    ];
+    for (extra, kept) in [(&[][..], 0), (&window[..], CAP_SYS_ADMIN)] {
+        let mut args = vec!["--probes", "connect", "--bpf.enable-stats", "true"];
+        args.extend_from_slice(extra);
+        let ew = start_confined(&ns, &args);
+        // Past several windows; every scrape is a connect() the connect
+        // probe's programs run for.
+        std::thread::sleep(std::time::Duration::from_millis(2_500));
+        let runs = |ew: &Edgewatch| -> u64 {
+            let ids = crate::common::bench::prog_ids_of(ew.pid());
+            crate::common::bench::prog_stats(&ids)
+                .values()
+                .filter(|(name, _, _)| name.starts_with("ew_connect"))
+                .map(|(_, _, runs)| runs)
+                .sum()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let m = loop {
+            let m = ew.scrape();
+            if runs(&ew) > 0 || std::time::Instant::now() > deadline {
+                break m;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        assert!(runs(&ew) > 0, "{args:?}: the kernel counted no run");
+        assert!(m.has("edgewatch_bpf_stats_errors_total", &[]), "{}", m.text);
+        assert_eq!(
+            m.count("edgewatch_bpf_stats_errors_total", &[]),
+            0,
+            "{args:?}:\n{}",
+            m.text
+        );
+        assert!(
+            m.sum("edgewatch_bpf_stats_held_seconds_total", &[]) > 0.1,
+            "{args:?}:\n{}",
+            m.text
+        );
+        let log = ew.log.lock().unwrap().join("\n");
+        assert!(!log.contains("BPF_ENABLE_STATS failed"), "{args:?}:\n{log}");
+        // After a scrape, so after the drop.
+        for (name, caps) in thread_caps(ew.pid()) {
+            assert_eq!(caps, [0, kept, kept, 0], "{args:?}: {name}");
+        }
+    }
+}

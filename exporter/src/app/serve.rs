@@ -273,6 +273,10 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
     caps::drop_after_attach(
         &settings.capabilities_keep,
         settings.probes.contains(&"map"),
+        matches!(
+            settings.bpf_stats,
+            scrape::bpfstats::StatsMode::Window { .. }
+        ),
     )
     .map_err(|e| anyhow::anyhow!("dropping capabilities: {e}"))?;
 

@@ -184,7 +184,7 @@ impl Collector for StatsCollector {
 /// until `shutdown` turns true.
 pub fn spawn<S: StatsSwitch>(
     mode: StatsMode,
-    switch: S,
+    mut switch: S,
     registry: &mut Registry,
     shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -195,12 +195,16 @@ pub fn spawn<S: StatsSwitch>(
         held: held.clone(),
         errors: errors.clone(),
     }));
-    tokio::spawn(run(mode, switch, held, errors, shutdown))
+    // Always: taken here, before start-up drops CAP_SYS_ADMIN (a task
+    // spawned to take it raced the drop and could lose).
+    let first = matches!(mode, StatsMode::Always).then(|| switch.enable());
+    tokio::spawn(run(mode, switch, first, held, errors, shutdown))
 }
 
 async fn run<S: StatsSwitch>(
     mode: StatsMode,
     mut switch: S,
+    mut first: Option<std::io::Result<S::Guard>>,
     held: Arc<Mutex<Held>>,
     errors: Counter,
     mut shutdown: watch::Receiver<bool>,
@@ -233,7 +237,7 @@ async fn run<S: StatsSwitch>(
                 _ = shutdown.changed() => return,
             }
         }
-        let guard = match switch.enable() {
+        let guard = match first.take().unwrap_or_else(|| switch.enable()) {
             Ok(g) => g,
             Err(error) => {
                 errors.inc();
@@ -358,6 +362,28 @@ mod tests {
             text.contains("edgewatch_bpf_stats_coverage_ratio 0.1\n"),
             "{text}"
         );
+    }
+
+    /// Always is taken before `spawn` returns, with no task having run:
+    /// start-up drops CAP_SYS_ADMIN right after, and a task taking it
+    /// later raced the drop (and lost, in CI).
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn always_is_taken_before_spawn_returns() {
+        let fake = Fake::default();
+        let (tx, rx) = watch::channel(false);
+        let task = spawn(
+            StatsMode::Always,
+            fake.clone(),
+            &mut Registry::default(),
+            rx,
+        );
+        assert_eq!(fake.enables.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.live.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(fake.enables.load(Ordering::SeqCst), 1, "taken once");
+        tx.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(fake.live.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]

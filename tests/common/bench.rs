@@ -171,6 +171,16 @@ pub fn prog_stats(ids: &[u32]) -> BTreeMap<u32, (String, u64, u64)> {
         .collect()
 }
 
+/// Runs the kernel counted (while BPF_ENABLE_STATS was held) of the
+/// programs process `pid` holds whose names start with `prefix`.
+pub fn runs_of(pid: u32, prefix: &str) -> u64 {
+    prog_stats(&prog_ids_of(pid))
+        .values()
+        .filter(|(name, _, _)| name.starts_with(prefix))
+        .map(|(_, _, runs)| runs)
+        .sum()
+}
+
 /// Per program: (name, ns per run, runs) between two snapshots.
 pub fn prog_delta(
     before: &BTreeMap<u32, (String, u64, u64)>,

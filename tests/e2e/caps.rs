@@ -47,6 +47,17 @@ fn thread_caps(pid: u32) -> Vec<(String, [u64; 4])> {
     out
 }
 
+/// A namespace with the veth pair `start_confined` attaches XDP to.
+fn with_veth(name: &str) -> Netns {
+    let ns = Netns::new(name);
+    ns.exec(&[
+        "ip", "link", "add", "ewcap0", "type", "veth", "peer", "name", "ewcap1",
+    ]);
+    ns.exec(&["ip", "link", "set", "ewcap0", "up"]);
+    ns.exec(&["ip", "link", "set", "ewcap1", "up"]);
+    ns
+}
+
 /// Starts edgewatch in `ns` under setpriv with only the documented set.
 fn start_confined(ns: &Netns, extra: &[&str]) -> Edgewatch {
     let bounding = documented_bounding_set();
@@ -74,12 +85,7 @@ fn documented_capabilities_suffice_and_only_the_scrape_set_stays() {
         return;
     }
     let _g = serial();
-    let ns = Netns::new("caps");
-    ns.exec(&[
-        "ip", "link", "add", "ewcap0", "type", "veth", "peer", "name", "ewcap1",
-    ]);
-    ns.exec(&["ip", "link", "set", "ewcap0", "up"]);
-    ns.exec(&["ip", "link", "set", "ewcap1", "up"]);
+    let ns = with_veth("caps");
 
     // Program statistics are off by default; asked for, BPF_ENABLE_STATS
     // is taken at start-up with the documented set and held after the drop.
@@ -195,12 +201,7 @@ fn program_statistics_survive_the_drop_without_the_map_probe() {
         return;
     }
     let _g = serial();
-    let ns = Netns::new("capstats");
-    ns.exec(&[
-        "ip", "link", "add", "ewcap0", "type", "veth", "peer", "name", "ewcap1",
-    ]);
-    ns.exec(&["ip", "link", "set", "ewcap0", "up"]);
-    ns.exec(&["ip", "link", "set", "ewcap1", "up"]);
+    let ns = with_veth("capstats");
     let window = [
         "--bpf.stats-window-ms",
         "200",
@@ -214,14 +215,7 @@ fn program_statistics_survive_the_drop_without_the_map_probe() {
         // Past several windows; every scrape is a connect() the connect
         // probe's programs run for.
         std::thread::sleep(std::time::Duration::from_millis(2_500));
-        let runs = |ew: &Edgewatch| -> u64 {
-            let ids = crate::common::bench::prog_ids_of(ew.pid());
-            crate::common::bench::prog_stats(&ids)
-                .values()
-                .filter(|(name, _, _)| name.starts_with("ew_connect"))
-                .map(|(_, _, runs)| runs)
-                .sum()
-        };
+        let runs = |ew: &Edgewatch| crate::common::bench::runs_of(ew.pid(), "ew_connect");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let m = loop {
             let m = ew.scrape();

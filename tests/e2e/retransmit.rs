@@ -171,12 +171,7 @@ struct Runs {
 
 impl Runs {
     fn runs(ew: &Edgewatch) -> u64 {
-        let ids = crate::common::bench::prog_ids_of(ew.pid());
-        crate::common::bench::prog_stats(&ids)
-            .values()
-            .filter(|(name, _, _)| name.starts_with("ew_retransmit"))
-            .map(|(_, _, runs)| runs)
-            .sum()
+        crate::common::bench::runs_of(ew.pid(), "ew_retransmit")
     }
 
     /// The counts once they hold still: run_cnt read before and after a

@@ -3,7 +3,7 @@
 //! probe and XDP, serves, and after the drop every one of its threads
 //! holds only what scrape-time reads need (/proc/PID/task/*/status).
 
-use crate::common::{Edgewatch, Netns, privileged, serial};
+use crate::common::{Edgewatch, Netns, poll, privileged, serial};
 
 const CAP_SYS_ADMIN: u64 = 1 << 21;
 
@@ -215,16 +215,11 @@ fn program_statistics_survive_the_drop_without_the_map_probe() {
         // Past several windows; every scrape is a connect() the connect
         // probe's programs run for.
         std::thread::sleep(std::time::Duration::from_millis(2_500));
-        let runs = |ew: &Edgewatch| crate::common::bench::runs_of(ew.pid(), "ew_connect");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let m = loop {
+        let m = poll(std::time::Duration::from_secs(10), || {
             let m = ew.scrape();
-            if runs(&ew) > 0 || std::time::Instant::now() > deadline {
-                break m;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        };
-        assert!(runs(&ew) > 0, "{args:?}: the kernel counted no run");
+            (crate::common::bench::runs_of(ew.pid(), "ew_connect") > 0).then_some(m)
+        })
+        .unwrap_or_else(|| panic!("{args:?}: the kernel counted no run"));
         assert!(m.has("edgewatch_bpf_stats_errors_total", &[]), "{}", m.text);
         assert_eq!(
             m.count("edgewatch_bpf_stats_errors_total", &[]),

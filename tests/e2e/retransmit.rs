@@ -174,10 +174,11 @@ impl Runs {
         crate::common::bench::runs_of(ew.pid(), "ew_retransmit")
     }
 
-    /// The counts once they hold still: run_cnt read before and after a
-    /// scrape (which drains the ring first) is the same, so a retransmission
-    /// elsewhere on the host in between cannot make the two disagree.
-    fn read(ew: &Edgewatch) -> Self {
+    /// The counts once they hold still, with the scrape they came from:
+    /// run_cnt read before and after a scrape (which drains the ring
+    /// first) is the same, so a retransmission elsewhere on the host in
+    /// between cannot make the two disagree.
+    fn read(ew: &Edgewatch) -> (Self, Metrics) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let runs = Self::runs(ew);
@@ -191,7 +192,7 @@ impl Runs {
                 ),
             };
             if (Self::runs(ew) == runs && r.records + r.lost == runs) || Instant::now() > deadline {
-                return r;
+                return (r, m);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -311,15 +312,14 @@ fn bulk_with_loss(tso: bool, salt: u8, fallback: bool) {
     ]);
     let (ew, mode) = start(fallback);
     let before_kernel = s.kernel_retrans();
-    let m0 = ew.scrape();
-    let runs0 = Runs::read(&ew);
+    let (runs0, m0) = Runs::read(&ew);
     let before_ew = s.edgewatch_segments(&m0);
     let missed0 = missed(&m0);
 
     s.transfer(8 << 20);
 
     let (kernel, ours) = settle_and_compare(&s, &ew, before_kernel, before_ew);
-    let m = ew.scrape();
+    let (runs1, m) = Runs::read(&ew);
     let skbs: u64 = s.edgewatch_retransmits(&m, "established");
     eprintln!(
         "tso={tso}: TcpRetransSegs delta {kernel}, edgewatch {ours}, retransmitted skbs {skbs}"
@@ -329,7 +329,7 @@ fn bulk_with_loss(tso: bool, salt: u8, fallback: bool) {
         kernel,
         ours,
         missed(&m) - missed0,
-        (&runs0, &Runs::read(&ew)),
+        (&runs0, &runs1),
         // Even with TSO and GSO off a retransmitted skb can carry two
         // segments (seen: 194 segments in 191 runs), so runs prove nothing.
         false,
@@ -461,8 +461,7 @@ fn syns_and_synacks(fallback: bool, salt: u8) {
     let before_kernel = s.kernel_retrans();
     let (synrtx_a0, synrtx_b0) = s.ext("TCPSynRetrans");
     let (fail_a0, fail_b0) = s.ext("TCPRetransFail");
-    let m0 = ew.scrape();
-    let runs0 = Runs::read(&ew);
+    let (runs0, m0) = Runs::read(&ew);
     let before_ew = s.edgewatch_segments(&m0);
     let missed0 = missed(&m0);
     let syn_sent0 = s.edgewatch_retransmits(&m0, "syn_sent");
@@ -487,7 +486,7 @@ fn syns_and_synacks(fallback: bool, salt: u8) {
     std::mem::forget(a);
 
     let (kernel, ours) = settle_and_compare(&s, &ew, before_kernel, before_ew);
-    let m = ew.scrape();
+    let (runs1, m) = Runs::read(&ew);
     let syn_sent = s.edgewatch_retransmits(&m, "syn_sent") - syn_sent0;
     let syn_recv = s.edgewatch_retransmits(&m, "syn_recv") - syn_recv0;
     // The kernel's own split: TCPSynRetrans counts SYN and SYN-ACK
@@ -522,7 +521,7 @@ fn syns_and_synacks(fallback: bool, salt: u8) {
         kernel,
         ours,
         missed(&m) - missed0,
-        (&runs0, &Runs::read(&ew)),
+        (&runs0, &runs1),
         true,
         "SYN",
         &m.text,

@@ -9,7 +9,10 @@
 //! 2. Scrape: `wrk` on loopback against /metrics with the connect probe's
 //!    peer label on and 10,000 distinct peers (refused connects to
 //!    127.x.y.z inside a network namespace), against the same edgewatch
-//!    before those series exist; p50/p99 latency and RSS.
+//!    before those series exist; p50/p99 latency and RSS, in the classic
+//!    text format (wrk sends no Accept header) and in OpenMetrics (what
+//!    Prometheus asks for). With `--before`, the older binary under the
+//!    same load, in the same run.
 //!
 //! sudo cargo bench -p edgewatch --bench idle -- [--idle-seconds 60]
 //!     [--wrk-seconds 10] [--peers 10000] [--before /path/to/old/edgewatch]
@@ -49,10 +52,23 @@ fn idle(ew: &Edgewatch, secs: u64) -> (f64, f64, u64) {
     )
 }
 
-/// wrk's (p50, p99) in milliseconds and requests/s.
-fn wrk(url: &str, secs: u64) -> (f64, f64, f64) {
+const OPENMETRICS: &str =
+    "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+
+/// wrk's (p50, p99) in milliseconds and requests/s, with `headers`.
+fn wrk(url: &str, secs: u64, headers: &[&str]) -> (f64, f64, f64) {
+    let mut args = vec![
+        "-t1".to_string(),
+        "-c4".into(),
+        format!("-d{secs}s"),
+        "--latency".into(),
+    ];
+    for h in headers {
+        args.extend(["-H".to_string(), h.to_string()]);
+    }
     let out = Command::new("wrk")
-        .args(["-t1", "-c4", &format!("-d{secs}s"), "--latency", url])
+        .args(&args)
+        .arg(url)
         .output()
         .expect("wrk (Debian package wrk)");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -108,14 +124,30 @@ fn main() {
     }
 
     println!("\n## /metrics under wrk (1 thread, 4 connections, {wrk_secs} s)\n");
+    println!("| binary | exposition | samples | p50 (ms) | p99 (ms) | requests/s | RSS (MiB) |");
+    println!("|---|---|---|---|---|---|---|");
+    if let Some(b) = &before {
+        scrape_load(Some(b), "before", peers, wrk_secs);
+    }
+    scrape_load(None, "edgewatch", peers, wrk_secs);
+    report_interference("idle");
+}
+
+/// /metrics under wrk for `binary` (None: this build): before the peer
+/// series exist, then with `peers` of them, in both formats.
+fn scrape_load(binary: Option<&str>, label: &str, peers: u32, wrk_secs: u64) {
     let limit = (2 * peers).to_string();
-    let ew = Edgewatch::start(&[
+    let args = [
         "--probes",
         "connect",
         "--metrics.labels=peer",
         "--metrics.series-limit",
         &limit,
-    ]);
+    ];
+    let ew = match binary {
+        Some(b) => Edgewatch::start_binary(b, &args),
+        None => Edgewatch::start(&args),
+    };
     let url = format!("http://{}/metrics", ew.addr);
     let series = |ew: &Edgewatch| {
         ew.get("/metrics")
@@ -123,9 +155,13 @@ fn main() {
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .count()
     };
-    let s0 = series(&ew);
-    let (p50a, p99a, rpsa) = wrk(&url, wrk_secs);
-    let rss_a = rss_bytes(ew.pid());
+    let row = |what: &str, headers: &[&str]| {
+        let samples = series(&ew);
+        let (p50, p99, rps) = wrk(&url, wrk_secs, headers);
+        let rss = rss_bytes(ew.pid()) as f64 / 1048576.0;
+        println!("| {label} | {what} | {samples} | {p50:.2} | {p99:.2} | {rps:.0} | {rss:.1} |");
+    };
+    row("text, no peer series", &[]);
     let ns = Netns::new("idle");
     ns.enter(move || {
         for i in 0..peers {
@@ -133,18 +169,6 @@ fn main() {
             let _ = std::net::TcpStream::connect((ip, 1));
         }
     });
-    let s1 = series(&ew);
-    let (p50b, p99b, rpsb) = wrk(&url, wrk_secs);
-    let rss_b = rss_bytes(ew.pid());
-    println!("| exposition | samples | p50 (ms) | p99 (ms) | requests/s | RSS (MiB) |");
-    println!("|---|---|---|---|---|---|");
-    println!(
-        "| baseline (no peer series) | {s0} | {p50a:.2} | {p99a:.2} | {rpsa:.0} | {:.1} |",
-        rss_a as f64 / 1048576.0
-    );
-    println!(
-        "| {peers} peers | {s1} | {p50b:.2} | {p99b:.2} | {rpsb:.0} | {:.1} |",
-        rss_b as f64 / 1048576.0
-    );
-    report_interference("idle");
+    row(&format!("text, {peers} peers"), &[]);
+    row(&format!("OpenMetrics, {peers} peers"), &[OPENMETRICS]);
 }

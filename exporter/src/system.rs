@@ -1,5 +1,6 @@
 //! Host prerequisites: tracefs (tracepoint ids are read from it), bpffs
-//! (for pinning; optional), and the memlock limit on kernels before 5.11.
+//! (for pinning; optional), and the memlock limit on kernels before 5.11;
+//! and giving freed heap back to the kernel.
 
 use std::{ffi::CString, io, path::Path};
 
@@ -94,5 +95,19 @@ pub fn raise_memlock() {
             error = %io::Error::last_os_error(),
             "could not raise RLIMIT_MEMLOCK; fine on kernels 5.11+ (memory cgroup accounting)"
         );
+    }
+}
+
+/// Gives the heap that glibc keeps after freeing back to the kernel (a
+/// no-op with other C libraries). Freed memory stays in malloc's arenas:
+/// start-up frees about 20 MB (the kernel's BTF parsed to load the
+/// programs, the object file's sections), which stayed in RSS for the
+/// process's life; six bursts of 2,000 half-open connections without a cap
+/// left RSS at 122 MB, 40 MB after a trim. Retention, not leaks.
+pub fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: malloc_trim only walks glibc's own heap metadata.
+        unsafe { libc::malloc_trim(0) };
     }
 }

@@ -19,7 +19,11 @@ use std::path::PathBuf;
 use edgewatch::{
     app::{Attached, Fixed, build_registry},
     config::{Config, Settings},
-    export::{model, otlp::convert},
+    export::{
+        model,
+        otlp::convert,
+        prometheus::{self, Format},
+    },
     probe::{self, AttachMode},
     scrape::{
         Sources,
@@ -35,6 +39,7 @@ use edgewatch::{
         refs::{MapUse, RefSnapshot, RefSource},
     },
 };
+use prometheus_client::registry::Registry;
 
 /// A fixed host: four maps, two programs; lost = probe id x 10; one
 /// skipped run per program; XDP cell `i` saw i + 1 packets of 100 bytes.
@@ -205,14 +210,29 @@ fn check_golden(name: &str, actual: &str) {
 /// datapath on eth0, a blocklist of 3 IPv4 and 1 IPv6 prefixes loaded once,
 /// OTLP on with one failed push, and every probe attached through a
 /// tracepoint.
+/// Written as /metrics writes it for a client that does not ask for
+/// OpenMetrics, and the same, byte for byte, as the typed snapshot's own
+/// text writer.
 fn exposition(settings: Settings) -> String {
-    let mut text = String::new();
-    model::write_prometheus_text(&families(settings), &mut text);
+    let registry = registry(settings);
+    let body = prometheus::encode(&registry, Format::Text, 0).expect("encode");
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
+    let mut reference = String::new();
+    model::write_prometheus_text(&model::snapshot(&registry).unwrap(), &mut reference);
+    assert_eq!(
+        text, reference,
+        "/metrics text and the typed snapshot's text"
+    );
     text
 }
 
 /// The typed snapshot behind [`exposition`].
-fn families(mut settings: Settings) -> Vec<model::data::MetricFamily> {
+fn families(settings: Settings) -> Vec<model::data::MetricFamily> {
+    model::snapshot(&registry(settings)).unwrap()
+}
+
+/// The registry behind [`exposition`].
+fn registry(mut settings: Settings) -> Registry {
     settings.xdp_interfaces = vec![("eth0".into(), 2)];
     settings.xdp_blocklist = Some(("/etc/edgewatch/blocklist".into(), Default::default()));
     let attached: Vec<Attached> = settings
@@ -276,7 +296,7 @@ fn families(mut settings: Settings) -> Vec<model::data::MetricFamily> {
         }
     }
     wiring.dispatcher.dispatch(&[1, 2, 3]);
-    model::snapshot(&wiring.registry).unwrap()
+    wiring.registry
 }
 
 /// The default config with OTLP on (the exposition's export errors).

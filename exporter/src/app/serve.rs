@@ -268,6 +268,9 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
     let address = listener
         .local_addr()
         .context("reading the listen address")?;
+    // Loading freed the kernel's parsed BTF and the object's sections
+    // (before the line that says start-up is over).
+    crate::system::release_free_heap();
     tracing::info!(%address, path = %settings.telemetry_path, "listening");
     // Everything is attached and bound: keep only what scrapes need.
     caps::drop_after_attach(

@@ -1,9 +1,10 @@
 //! The one typed metrics model both exports read: a snapshot of the
 //! registry (aggregators' families and every scrape-time collector) as
 //! Prometheus' own protobuf data model (`io.prometheus.client`, encoded by
-//! prometheus-client). The classic text format is written from it here,
-//! OTLP is built from it in otlp.rs; no export prints text and parses it
-//! back.
+//! prometheus-client). OTLP is built from it in otlp.rs. The classic text
+//! writer here is the reference that /metrics' one-pass text (text.rs) is
+//! held to, byte for byte, by its tests and the golden expositions; /metrics
+//! does not use it, as the model costs an owned `Metric` per series.
 //!
 //! In this model family names carry their `_total` and `_info` suffixes,
 //! histogram buckets are cumulative, and every value is a double. The text

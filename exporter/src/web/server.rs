@@ -271,7 +271,7 @@ pub async fn serve(
             _ = trim.tick() => {
                 let open = tasks.len();
                 if peak >= TRIM_AFTER_PEAK && open <= 2 {
-                    release_free_heap();
+                    crate::system::release_free_heap();
                     peak = open;
                 }
                 continue;
@@ -352,18 +352,6 @@ pub async fn serve(
 const TRIM_CHECK: Duration = Duration::from_secs(10);
 /// Connections open at once that count as a burst worth trimming after.
 const TRIM_AFTER_PEAK: usize = 32;
-
-/// Gives the heap glibc keeps after a burst back to the kernel. Freed
-/// connection buffers stay in malloc's arenas (measured: six bursts of
-/// 2,000 half-open connections without a cap left RSS at 122 MB;
-/// malloc_trim brought it to 40 MB, so it is retention, not a leak).
-fn release_free_heap() {
-    #[cfg(target_env = "gnu")]
-    {
-        // SAFETY: malloc_trim only walks glibc's own heap metadata.
-        unsafe { libc::malloc_trim(0) };
-    }
-}
 
 /// Removes a connection's slot and its gauge count when its task ends,
 /// aborted or not.

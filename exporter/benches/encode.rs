@@ -1,0 +1,112 @@
+//! One encode of /metrics with many series, in each exposition format, side
+//! by side in one run: the connect probe's families with the `peer` label
+//! after refused connects to `--peers` distinct addresses (10,000 by
+//! default), fed through the same dispatcher the binary runs. Needs no
+//! kernel.
+//!
+//! `cargo bench -p edgewatch --bench encode -- [--peers 10000] [--rounds 30]`
+
+#![allow(
+    clippy::expect_used,
+    reason = "a benchmark tool: any failure aborts the run with its cause"
+)]
+
+use std::{hint::black_box, time::Instant};
+
+use edgewatch::{
+    aggregate,
+    export::{
+        model,
+        prometheus::{Format, encode},
+    },
+    pipeline::Dispatcher,
+    probe::{self, Probe},
+    telemetry::Telemetry,
+    vocab::{clock::Clock, labels::OptInLabels, spans::SpanSink},
+};
+use edgewatch_common::{KIND_TCP_CONNECT, TcpConnect};
+use prometheus_client::registry::Registry;
+
+fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn registry(peers: u32) -> Registry {
+    let mut registry = Registry::default();
+    let telemetry = Telemetry::register(&mut registry);
+    let mut labels = OptInLabels::default();
+    labels.enable("peer");
+    let ctx = aggregate::Context {
+        labels,
+        series_limit: 2 * peers as usize,
+        series_dropped: telemetry.series_dropped.clone(),
+        clock: Clock::now(),
+        spans: SpanSink::default(),
+        refs: Default::default(),
+        workloads: edgewatch::workload::Workloads::off(),
+    };
+    let connect: &'static dyn Probe = &probe::connect::PROBE;
+    let mut d = Dispatcher::new(
+        vec![(connect, connect.build(&mut registry, &ctx))],
+        telemetry,
+    );
+    for i in 0..peers {
+        let mut t: TcpConnect = bytemuck::Zeroable::zeroed();
+        t.hdr.kind = KIND_TCP_CONNECT;
+        t.hdr.size = size_of::<TcpConnect>() as u16;
+        t.family = libc::AF_INET as u16;
+        t.newstate = 7; // refused: SYN_SENT -> CLOSE
+        t.dport = 1;
+        t.daddr[..4].copy_from_slice(&[127, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        d.dispatch(bytemuck::bytes_of(&t));
+    }
+    registry
+}
+
+/// Median milliseconds of `rounds` encodes, and the body's size.
+fn time(registry: &Registry, format: Format, rounds: usize) -> (f64, usize) {
+    let mut ms = Vec::with_capacity(rounds);
+    let mut len = 0;
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let body = encode(registry, format, len + len / 8).expect("encode");
+        ms.push(start.elapsed().as_secs_f64() * 1e3);
+        len = black_box(body).len();
+    }
+    ms.sort_by(f64::total_cmp);
+    (ms[rounds / 2], len)
+}
+
+fn main() {
+    let peers: u32 = arg("--peers", 10_000);
+    let rounds: usize = arg("--rounds", 30);
+    let registry = registry(peers);
+    println!("one encode of /metrics, {peers} peers, median of {rounds}:");
+    println!("| format | ms | bytes |");
+    println!("|---|---|---|");
+    for format in Format::ALL {
+        let (ms, len) = time(&registry, format, rounds);
+        println!("| {} | {ms:.2} | {len} |", format.name());
+    }
+    // The classic text written from the typed model (the OTLP export's
+    // snapshot), as /metrics wrote it before the one-pass rewrite.
+    let mut ms = Vec::with_capacity(rounds);
+    let mut len = 0;
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let mut body = String::with_capacity(len + len / 8);
+        model::write_prometheus_text(&model::snapshot(&registry).expect("snapshot"), &mut body);
+        ms.push(start.elapsed().as_secs_f64() * 1e3);
+        len = black_box(body).len();
+    }
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "| text 0.0.4 from the typed model | {:.2} | {len} |",
+        ms[rounds / 2]
+    );
+}

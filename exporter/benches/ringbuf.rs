@@ -10,8 +10,12 @@
 //! delivered record. The figure is the highest rate with nothing lost, for
 //! the default ring (8 MiB, wake-up past 256 KiB, 100 ms backstop).
 //!
+//! With `--before`, an older binary runs beside it, and each step runs
+//! against both, one after the other (the idle one only waits).
+//!
 //! sudo cargo bench -p edgewatch --bench ringbuf -- [--seconds 10]
 //!     [--rates 1,2,3,4,5,6,8] (millions of records per second)
+//!     [--before /path/to/old/edgewatch]
 
 #![allow(
     clippy::unwrap_used,
@@ -80,42 +84,50 @@ fn main() {
     println!("machine: {}", machine());
     report_interference("ringbuf");
 
-    let ew = Edgewatch::start(&["--probes", "map"]);
-    let pid = ew.pid();
-    let probe = Emitter::attach_to(pid, "ewrbprobe");
-    let updates = |name: &str| {
-        ew.scrape().count(
-            "edgewatch_bpf_map_updates_total",
-            &[("map_name", name), ("result", "ok")],
-        )
-    };
+    let before: Option<String> =
+        Some(common::bench_arg("--before", String::new())).filter(|s| !s.is_empty());
+    let mut runs = Vec::new();
+    if let Some(b) = &before {
+        runs.push(("before", Edgewatch::start_binary(b, &["--probes", "map"])));
+    }
+    runs.push(("edgewatch", Edgewatch::start(&["--probes", "map"])));
+    let probes: Vec<Emitter> = runs
+        .iter()
+        .map(|(_, ew)| Emitter::attach_to(ew.pid(), "ewrbprobe"))
+        .collect();
     println!(
-        "\n| target (M/s) | achieved (M/s) | generated | delivered | lost | edgewatch CPU per record (ns) |"
+        "\n| binary | target (M/s) | achieved (M/s) | generated | delivered | lost | CPU per record (ns) |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let mut best: Option<f64> = None;
     let steps: Vec<Option<f64>> = rates.iter().map(|r| Some(r * 1e6)).chain([None]).collect();
     for (i, rate) in steps.into_iter().enumerate() {
-        let name = format!("ewrb{i}");
-        let lost0 = probe.lost();
-        let cpu0 = cpu_ns(pid);
-        let (generated, elapsed) = step(pid, &name, rate, secs);
-        let delivered = updates(&name); // the scrape drains the ring first
-        let cpu = cpu_ns(pid) - cpu0;
-        let lost = probe.lost() - lost0;
-        assert_eq!(
-            delivered + lost,
-            generated,
-            "delivered {delivered} + lost {lost} != generated {generated}"
-        );
-        let achieved = generated as f64 / elapsed / 1e6;
-        let target = rate.map_or("unpaced".to_string(), |r| format!("{:.0}", r / 1e6));
-        println!(
-            "| {target} | {achieved:.2} | {generated} | {delivered} | {lost} | {:.0} |",
-            cpu as f64 / delivered.max(1) as f64
-        );
-        if lost == 0 {
-            best = Some(best.map_or(achieved, |b: f64| b.max(achieved)));
+        for ((label, ew), probe) in runs.iter().zip(&probes) {
+            let pid = ew.pid();
+            let name = format!("ewrb{i}");
+            let lost0 = probe.lost();
+            let cpu0 = cpu_ns(pid);
+            let (generated, elapsed) = step(pid, &name, rate, secs);
+            let delivered = ew.scrape().count(
+                "edgewatch_bpf_map_updates_total",
+                &[("map_name", name.as_str()), ("result", "ok")],
+            ); // the scrape drains the ring first
+            let cpu = cpu_ns(pid) - cpu0;
+            let lost = probe.lost() - lost0;
+            assert_eq!(
+                delivered + lost,
+                generated,
+                "{label}: delivered {delivered} + lost {lost} != generated {generated}"
+            );
+            let achieved = generated as f64 / elapsed / 1e6;
+            let target = rate.map_or("unpaced".to_string(), |r| format!("{:.0}", r / 1e6));
+            println!(
+                "| {label} | {target} | {achieved:.2} | {generated} | {delivered} | {lost} | {:.0} |",
+                cpu as f64 / delivered.max(1) as f64
+            );
+            if lost == 0 && *label == "edgewatch" {
+                best = Some(best.map_or(achieved, |b: f64| b.max(achieved)));
+            }
         }
     }
     report_interference("ringbuf");

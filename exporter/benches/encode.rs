@@ -86,7 +86,7 @@ fn main() {
     let peers: u32 = arg("--peers", 10_000);
     let rounds: usize = arg("--rounds", 30);
     let registry = registry(peers);
-    println!("one encode of /metrics, {peers} peers, median of {rounds}:");
+    println!("one encode of /metrics, {peers} peers, median of {rounds}:\n");
     println!("| format | ms | bytes |");
     println!("|---|---|---|");
     for format in Format::ALL {

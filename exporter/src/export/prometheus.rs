@@ -35,8 +35,13 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long an encode waits, before it drains the ring buffer, for other
 /// scrapes arriving at about the same time, so that they share it, when the
-/// last encode was shared (see [`Scrapes`]).
+/// last encode was shared and took at least [`GATHER_WORTH`] (see
+/// [`Scrapes`]).
 pub const GATHER: Duration = Duration::from_millis(1);
+
+/// The shortest encode worth waiting [`GATHER`] to share: the timer's wait
+/// takes up to twice its length, and a cheaper encode is better done again.
+pub const GATHER_WORTH: Duration = Duration::from_millis(2);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -56,10 +61,11 @@ pub struct AppState {
 /// encodes instead of N, one encode's memory is live at a time, and no
 /// scrape sees older numbers than if it had encoded alone. When the last
 /// encode was shared (scrapes come in crowds: a load test, several
-/// scrapers at once), an encode first waits [`GATHER`] (1 ms) for scrapes
-/// that arrive with it, which share it instead of each waiting for the
-/// next one (under wrk with 10,000 series, p50 15 to 10 ms); a lone
-/// scrape never waits. The encode itself runs on the async worker that
+/// scrapers at once) and took 2 ms or more, an encode first waits
+/// [`GATHER`] (1 ms) for scrapes that arrive with it, which share it
+/// instead of each waiting for the next one (under wrk with 10,000 series,
+/// p50 15 to 10 ms); a lone scrape never waits, nor one of a small
+/// exposition. The encode itself runs on the async worker that
 /// holds the turn.
 #[derive(Debug, Default)]
 pub struct Scrapes {
@@ -75,6 +81,8 @@ struct Encoded {
     body: Result<Bytes, ()>,
     /// Scrapes other than its own that it served.
     shared: u64,
+    /// How long the drain and the encode took.
+    took: Duration,
 }
 
 /// The two exposition formats /metrics serves.
@@ -128,12 +136,16 @@ impl Scrapes {
             e.shared += 1;
             return e.body.clone();
         }
-        if last.as_ref().is_some_and(|e| e.shared > 0) {
+        if last
+            .as_ref()
+            .is_some_and(|e| e.shared > 0 && e.took >= GATHER_WORTH)
+        {
             // Scrapes arriving during the wait see this encode begin after
             // them.
             tokio::time::sleep(GATHER).await;
         }
         let generation = self.started.fetch_add(1, Ordering::AcqRel) + 1;
+        let start = std::time::Instant::now();
         if let Some(flush) = flush
             && !flush.flush(FLUSH_TIMEOUT).await
         {
@@ -155,6 +167,7 @@ impl Scrapes {
             format,
             body: body.clone(),
             shared: 0,
+            took: start.elapsed(),
         });
         body
     }
@@ -333,11 +346,11 @@ mod tests {
         assert_eq!(ct, TEXT_TYPE);
     }
 
-    /// A collector whose first encode takes 300 ms and which reports how
-    /// many encodes have started, counting them (the count shared with the
-    /// test).
+    /// A collector whose first encode takes 300 ms, and the others the
+    /// given time, and which reports how many encodes have started,
+    /// counting them (the count shared with the test).
     #[derive(Debug)]
-    struct SlowFirst(Arc<AtomicU64>);
+    struct SlowFirst(Arc<AtomicU64>, Duration);
 
     impl prometheus_client::collector::Collector for SlowFirst {
         fn encode(
@@ -346,9 +359,11 @@ mod tests {
         ) -> Result<(), std::fmt::Error> {
             use prometheus_client::encoding::EncodeMetric;
             let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
-            if n == 1 {
-                std::thread::sleep(Duration::from_millis(300));
-            }
+            std::thread::sleep(if n == 1 {
+                Duration::from_millis(300)
+            } else {
+                self.1
+            });
             let g = prometheus_client::metrics::gauge::ConstGauge::new(n as i64);
             g.encode(encoder.encode_descriptor(
                 "encodes",
@@ -363,7 +378,7 @@ mod tests {
     async fn concurrent_scrapes_share_the_next_encode() {
         let encodes = Arc::new(AtomicU64::new(0));
         let mut r = Registry::default();
-        r.register_collector(Box::new(SlowFirst(encodes.clone())));
+        r.register_collector(Box::new(SlowFirst(encodes.clone(), Duration::ZERO)));
         let app = router(AppState {
             registry: Arc::new(r),
             flush: None,
@@ -395,15 +410,20 @@ mod tests {
         assert_eq!(encodes.load(Ordering::SeqCst), 2);
     }
 
-    /// After a shared encode, scrapes that arrive together share one
-    /// encode (the first waits [`GATHER`] for the others); after a lone
-    /// one, they do not wait (each arrives after the encode before it began,
-    /// so each encodes).
+    /// After a shared encode of [`GATHER_WORTH`] or more, scrapes that
+    /// arrive together share one encode (the first waits [`GATHER`] for
+    /// the others); after a lone one, or a quick one, they do not wait
+    /// (each arrives after the encode before it began, so each encodes).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn crowds_gather_after_a_shared_encode() {
+    async fn crowds_gather_after_a_shared_slow_encode() {
+        crowds(GATHER_WORTH + Duration::from_millis(3), true).await;
+        crowds(Duration::ZERO, false).await;
+    }
+
+    async fn crowds(each: Duration, gathers: bool) {
         let encodes = Arc::new(AtomicU64::new(0));
         let mut r = Registry::default();
-        r.register_collector(Box::new(SlowFirst(encodes.clone())));
+        r.register_collector(Box::new(SlowFirst(encodes.clone(), each)));
         let state = AppState {
             registry: Arc::new(r),
             flush: None,
@@ -426,9 +446,17 @@ mod tests {
         for r in rest {
             assert!(text(r.await.unwrap()).contains("\nencodes 2\n"));
         }
+        let get = || state.scrapes.get(&state.registry, None, Format::Text);
+        if !gathers {
+            // Encode 2 was shared but quick: the first of two does not
+            // wait, so the second arrives after it began and encodes again.
+            let (a, b) = tokio::join!(get(), get());
+            assert!(text(a).contains("\nencodes 3\n"));
+            assert!(text(b).contains("\nencodes 4\n"));
+            return;
+        }
         // Polled together in one task, all four arrive before the first one
         // goes on: after the shared encode it waits, so they share one.
-        let get = || state.scrapes.get(&state.registry, None, Format::Text);
         let (a, b, c, d) = tokio::join!(get(), get(), get(), get());
         for x in [a, b, c, d] {
             assert!(text(x).contains("\nencodes 3\n"));

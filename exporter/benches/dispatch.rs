@@ -4,15 +4,20 @@
 //!
 //! `cargo bench -p edgewatch --bench dispatch`
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark tool: any failure aborts the run with its cause"
+)]
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 use std::{hint::black_box, time::Instant};
 
 use edgewatch::{
-    aggregate,
-    pipeline::Dispatcher,
-    probe::{self, Probe},
     telemetry::Telemetry,
     vocab::{
-        clock::Clock,
         labels::OptInLabels,
         spans::{SpanLimits, SpanSink},
     },
@@ -66,20 +71,8 @@ fn dispatch_ns(labels: &[&str], spans: Option<f64>, recs: &[Vec<u8>], rounds: us
         ),
         None => SpanSink::default(),
     };
-    let ctx = aggregate::Context {
-        labels: opt,
-        series_limit: 2000,
-        series_dropped: telemetry.series_dropped.clone(),
-        clock: Clock::now(),
-        spans: sink.clone(),
-        refs: Default::default(),
-        workloads: edgewatch::workload::Workloads::off(),
-    };
-    let connect: &'static dyn Probe = &probe::connect::PROBE;
-    let mut d = Dispatcher::new(
-        vec![(connect, connect.build(&mut registry, &ctx))],
-        telemetry,
-    );
+    let mut d =
+        common::bench::connect_dispatcher(&mut registry, telemetry, opt, 2000, sink.clone());
     let start = Instant::now();
     for _ in 0..rounds {
         for r in recs {

@@ -7,53 +7,38 @@
 //! `cargo bench -p edgewatch --bench encode -- [--peers 10000] [--rounds 30]`
 
 #![allow(
+    clippy::unwrap_used,
     clippy::expect_used,
     reason = "a benchmark tool: any failure aborts the run with its cause"
 )]
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 use std::{hint::black_box, time::Instant};
 
 use edgewatch::{
-    aggregate,
     export::{
         model,
         prometheus::{Format, encode},
     },
-    pipeline::Dispatcher,
-    probe::{self, Probe},
     telemetry::Telemetry,
-    vocab::{clock::Clock, labels::OptInLabels, spans::SpanSink},
+    vocab::{labels::OptInLabels, spans::SpanSink},
 };
 use edgewatch_common::{KIND_TCP_CONNECT, TcpConnect};
 use prometheus_client::registry::Registry;
-
-fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn registry(peers: u32) -> Registry {
     let mut registry = Registry::default();
     let telemetry = Telemetry::register(&mut registry);
     let mut labels = OptInLabels::default();
     labels.enable("peer");
-    let ctx = aggregate::Context {
-        labels,
-        series_limit: 2 * peers as usize,
-        series_dropped: telemetry.series_dropped.clone(),
-        clock: Clock::now(),
-        spans: SpanSink::default(),
-        refs: Default::default(),
-        workloads: edgewatch::workload::Workloads::off(),
-    };
-    let connect: &'static dyn Probe = &probe::connect::PROBE;
-    let mut d = Dispatcher::new(
-        vec![(connect, connect.build(&mut registry, &ctx))],
+    let mut d = common::bench::connect_dispatcher(
+        &mut registry,
         telemetry,
+        labels,
+        2 * peers as usize,
+        SpanSink::default(),
     );
     for i in 0..peers {
         let mut t: TcpConnect = bytemuck::Zeroable::zeroed();
@@ -83,8 +68,8 @@ fn time(registry: &Registry, format: Format, rounds: usize) -> (f64, usize) {
 }
 
 fn main() {
-    let peers: u32 = arg("--peers", 10_000);
-    let rounds: usize = arg("--rounds", 30);
+    let peers: u32 = common::bench_arg("--peers", 10_000);
+    let rounds: usize = common::bench_arg("--rounds", 30);
     let registry = registry(peers);
     println!("one encode of /metrics, {peers} peers, median of {rounds}:\n");
     println!("| format | ms | bytes |");

@@ -1,10 +1,19 @@
 //! Helpers shared by the benchmarks (exporter/benches, scripts/bench):
 //! medians, a bpftrace that is really attached before it is measured, the
 //! BPF programs a process holds and their kernel statistics, a process's
-//! CPU time, and what else is attached to the host's hooks.
+//! CPU time, what else is attached to the host's hooks, and the connect
+//! probe's dispatcher for the benchmarks that need no kernel.
 
 #![allow(dead_code, reason = "each benchmark uses a different part")]
 
+use edgewatch::{
+    aggregate,
+    pipeline::Dispatcher,
+    probe::{self, Probe},
+    telemetry::Telemetry,
+    vocab::{clock::Clock, labels::OptInLabels, spans::SpanSink},
+};
+use prometheus_client::registry::Registry;
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
@@ -267,4 +276,27 @@ pub fn machine() -> String {
         "kernel {uname}, {cpus} vCPU ({model}), {} GiB",
         (mem + (1 << 19)) >> 20
     )
+}
+
+/// The connect probe's dispatcher over `registry`, wired as the binary
+/// wires it (no workload resolution), for benchmarks that feed it records
+/// without a kernel.
+pub fn connect_dispatcher(
+    registry: &mut Registry,
+    telemetry: Telemetry,
+    labels: OptInLabels,
+    series_limit: usize,
+    spans: SpanSink,
+) -> Dispatcher {
+    let ctx = aggregate::Context {
+        labels,
+        series_limit,
+        series_dropped: telemetry.series_dropped.clone(),
+        clock: Clock::now(),
+        spans,
+        refs: Default::default(),
+        workloads: edgewatch::workload::Workloads::off(),
+    };
+    let connect: &'static dyn Probe = &probe::connect::PROBE;
+    Dispatcher::new(vec![(connect, connect.build(registry, &ctx))], telemetry)
 }

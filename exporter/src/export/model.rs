@@ -52,7 +52,9 @@ pub fn write_value(v: f64, out: &mut String) {
     }
 }
 
-fn escape(v: &str, quote: bool, out: &mut String) {
+/// `v` escaped as the text format wants it: backslash and line feed, and
+/// the double quote in label values (`quote`).
+pub(super) fn escape(v: &str, quote: bool, out: &mut String) {
     // Most values need no escaping: one copy.
     if !v
         .bytes()

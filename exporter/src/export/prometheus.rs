@@ -217,7 +217,7 @@ async fn landing(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// True if the Accept header asks for OpenMetrics with a non-zero quality.
-pub fn wants_openmetrics(headers: &HeaderMap) -> bool {
+fn wants_openmetrics(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()

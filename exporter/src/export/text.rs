@@ -88,7 +88,9 @@ pub fn from_openmetrics(om: &str, out: &mut String) -> Result<(), Unexpected> {
             out.push_str(name);
             out.push_str(suffix);
             out.push(' ');
-            escape_help(text, out);
+            // Escaped as the model's writer escapes help (prometheus-client
+            // writes it as given; a line feed would have ended the line).
+            model::escape(text, false, out);
             out.push_str("\n# TYPE ");
             out.push_str(name);
             out.push_str(suffix);
@@ -101,22 +103,6 @@ pub fn from_openmetrics(om: &str, out: &mut String) -> Result<(), Unexpected> {
     }
     out.push_str(&om[copied..]);
     Ok(())
-}
-
-/// Help text as the classic format escapes it (a backslash and a line
-/// feed; prometheus-client writes help as given, and a line feed would
-/// have ended the line).
-fn escape_help(text: &str, out: &mut String) {
-    if !text.contains('\\') {
-        out.push_str(text);
-        return;
-    }
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
-        }
-    }
 }
 
 /// A sample line's parts.

@@ -23,7 +23,7 @@ use crate::vocab::{
     clock::ns_to_seconds,
     errno,
     kernel::{family_name, name_label},
-    labels::{Foldable, OptInLabels, OptLabels, SeriesCap},
+    labels::{Foldable, OptInLabels, OptLabels, Rendered, SeriesCap, series},
     spans::{SpanData, SpanRecord},
 };
 
@@ -138,9 +138,9 @@ struct TcpHandles {
 
 pub struct ConnectAggregator {
     ctx: Context,
-    calls: Family<CallLabels, Counter>,
-    connects: Family<TcpLabels, Counter>,
-    duration: HistogramFamily<TcpLabels>,
+    calls: Family<Rendered<CallLabels>, Counter>,
+    connects: Family<Rendered<TcpLabels>, Counter>,
+    duration: HistogramFamily<Rendered<TcpLabels>>,
     calls_cap: SeriesCap<CallLabels>,
     connects_cap: SeriesCap<TcpLabels>,
     duration_cap: SeriesCap<TcpLabels>,
@@ -151,9 +151,10 @@ pub struct ConnectAggregator {
 impl ConnectAggregator {
     /// Registers the connect metrics and returns their aggregator.
     pub fn register(registry: &mut Registry, ctx: &Context) -> Self {
-        let calls = Family::<CallLabels, Counter>::default();
-        let connects = Family::<TcpLabels, Counter>::default();
-        let duration: HistogramFamily<TcpLabels> = Family::new_with_constructor(duration_histogram);
+        let calls = Family::<Rendered<CallLabels>, Counter>::default();
+        let connects = Family::<Rendered<TcpLabels>, Counter>::default();
+        let duration: HistogramFamily<Rendered<TcpLabels>> =
+            Family::new_with_constructor(duration_histogram);
         registry.register(
             "edgewatch_connect_calls",
             "connect() system calls by address family and result (ok or errno name)",
@@ -194,7 +195,7 @@ impl ConnectAggregator {
         };
         let (labels, dropped) = self.calls_cap.admit_once(labels);
         Capped {
-            handle: self.calls.get_or_create(&labels).clone(),
+            handle: series(&self.calls, labels),
             dropped,
         }
     }
@@ -216,7 +217,7 @@ impl ConnectAggregator {
             },
         });
         let connects = Capped {
-            handle: self.connects.get_or_create(&labels).clone(),
+            handle: series(&self.connects, labels),
             dropped,
         };
         let (labels, dropped) = self.duration_cap.admit_once(TcpLabels {
@@ -225,7 +226,7 @@ impl ConnectAggregator {
             opt: OptLabels { comm, ..workload },
         });
         let duration = Capped {
-            handle: self.duration.get_or_create(&labels).clone(),
+            handle: series(&self.duration, labels),
             dropped,
         };
         TcpHandles { connects, duration }

@@ -34,7 +34,7 @@ use crate::vocab::{
     clock::ns_to_seconds,
     errno,
     kernel::{map_type_name, name_label},
-    labels::{Foldable, OVERFLOW, OptInLabels, OptLabels, SeriesCap},
+    labels::{Foldable, OVERFLOW, OptInLabels, OptLabels, Rendered, SeriesCap, series},
     spans::{SpanData, SpanRecord},
 };
 
@@ -158,10 +158,10 @@ const TYPE_SLOTS: usize = 64;
 
 pub struct MapAggregator {
     ctx: Context,
-    updates: Family<OpLabels, Counter>,
-    deletes: Family<OpLabels, Counter>,
+    updates: Family<Rendered<OpLabels>, Counter>,
+    deletes: Family<Rendered<OpLabels>, Counter>,
     duration: HistogramFamily<TypeLabel>,
-    last_update: Family<MapLabels, TimeGauge>,
+    last_update: Family<Rendered<MapLabels>, TimeGauge>,
     updates_cap: SeriesCap<OpLabels>,
     deletes_cap: SeriesCap<OpLabels>,
     last_cap: SeriesCap<MapLabels>,
@@ -175,10 +175,10 @@ pub struct MapAggregator {
 impl MapAggregator {
     /// Registers the map-operation metrics and returns their aggregator.
     pub fn register(registry: &mut Registry, ctx: &Context) -> Self {
-        let updates = Family::<OpLabels, Counter>::default();
-        let deletes = Family::<OpLabels, Counter>::default();
+        let updates = Family::<Rendered<OpLabels>, Counter>::default();
+        let deletes = Family::<Rendered<OpLabels>, Counter>::default();
         let duration: HistogramFamily<TypeLabel> = Family::new_with_constructor(duration_histogram);
-        let last_update = Family::<MapLabels, TimeGauge>::default();
+        let last_update = Family::<Rendered<MapLabels>, TimeGauge>::default();
         registry.register(
             "edgewatch_bpf_map_updates",
             "Elements written to BPF maps by BPF_MAP_UPDATE_ELEM and BPF_MAP_UPDATE_BATCH from any process, by result",
@@ -250,7 +250,7 @@ impl MapAggregator {
         };
         let (labels, dropped) = cap.admit_once(labels);
         Capped {
-            handle: family.get_or_create(&labels).clone(),
+            handle: series(family, labels),
             dropped,
         }
     }
@@ -309,7 +309,7 @@ impl MapAggregator {
             map_name: name_label(&op.map_name),
         });
         let h = Capped {
-            handle: self.last_update.get_or_create(&labels).clone(),
+            handle: series(&self.last_update, labels),
             dropped,
         };
         h.handle.set(unix_seconds);

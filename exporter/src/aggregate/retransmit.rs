@@ -38,7 +38,7 @@ use super::{
 use crate::vocab::{
     errno,
     kernel::{family_name, tcp_state_name},
-    labels::{Foldable, OptInLabels, OptLabels, SeriesCap},
+    labels::{Foldable, OptInLabels, OptLabels, Rendered, SeriesCap, series},
 };
 
 /// Errors with which `__tcp_retransmit_skb()` returns before it adds to
@@ -122,8 +122,8 @@ struct RtxHandles {
 
 pub struct RetransmitAggregator {
     ctx: Context,
-    retransmits: Family<RetransmitLabels, Counter>,
-    segments: Family<SegmentLabels, Counter>,
+    retransmits: Family<Rendered<RetransmitLabels>, Counter>,
+    segments: Family<Rendered<SegmentLabels>, Counter>,
     skipped: Family<ReasonLabel, Counter>,
     retransmits_cap: SeriesCap<RetransmitLabels>,
     segments_cap: SeriesCap<SegmentLabels>,
@@ -133,8 +133,8 @@ pub struct RetransmitAggregator {
 impl RetransmitAggregator {
     /// Registers the retransmit metrics and returns their aggregator.
     pub fn register(registry: &mut Registry, ctx: &Context) -> Self {
-        let retransmits = Family::<RetransmitLabels, Counter>::default();
-        let segments = Family::<SegmentLabels, Counter>::default();
+        let retransmits = Family::<Rendered<RetransmitLabels>, Counter>::default();
+        let segments = Family::<Rendered<SegmentLabels>, Counter>::default();
         let skipped = Family::<ReasonLabel, Counter>::default();
         // Every reason is known: exported from zero.
         for e in EARLY_EXITS {
@@ -184,12 +184,12 @@ impl RetransmitAggregator {
             opt: opt.clone(),
         });
         let retransmits = Capped {
-            handle: self.retransmits.get_or_create(&l).clone(),
+            handle: series(&self.retransmits, l),
             dropped,
         };
         let (l, dropped) = self.segments_cap.admit_once(SegmentLabels { family, opt });
         let segments = Capped {
-            handle: self.segments.get_or_create(&l).clone(),
+            handle: series(&self.segments, l),
             dropped,
         };
         RtxHandles {

@@ -25,7 +25,7 @@ use axum::{
 use prometheus_client::registry::Registry;
 
 use super::text;
-use crate::pipeline::FlushHandle;
+use crate::{pipeline::FlushHandle, vocab::labels};
 
 pub const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const TEXT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -53,25 +53,39 @@ pub struct AppState {
     pub scrapes: Arc<Scrapes>,
 }
 
-/// Scrapes in flight share one encode at a time. A scrape that arrives
-/// while another encodes waits for it, then takes the body of the first
-/// encode that *started after it arrived* (its drain of the ring buffer
-/// came later than the request, so it holds every record read before the
-/// request), or encodes itself. So N concurrent scrapes cost about two
-/// encodes instead of N, one encode's memory is live at a time, and no
-/// scrape sees older numbers than if it had encoded alone. When the last
-/// encode was shared (scrapes come in crowds: a load test, several
-/// scrapers at once) and took 2 ms or more, an encode first waits
-/// [`GATHER`] (1 ms) for scrapes that arrive with it, which share it
-/// instead of each waiting for the next one (under wrk with 10,000 series,
-/// p50 15 to 10 ms); a lone scrape never waits, nor one of a small
-/// exposition. The encode itself runs on the async worker that
-/// holds the turn.
-#[derive(Debug, Default)]
+/// Scrapes in flight share encodes, [`TURNS`] encodes at a time (one per
+/// async worker). A scrape waits for a turn, then takes the body of the
+/// latest encode if it *started after the scrape arrived* (its drain of
+/// the ring buffer came later than the request, so it holds every record
+/// read before the request), or encodes itself. So concurrent scrapes cost
+/// fewer encodes than scrapes, at most [`TURNS`] encodes' memory is live,
+/// and no scrape sees older numbers than if it had encoded alone. With one
+/// turn, a scrape arriving during an encode waited for it to finish and
+/// then encoded again, leaving the other CPU to wrk and idleness; with two,
+/// under wrk with 10,000 series, OpenMetrics went from about 500 to 1,000
+/// scrapes/s (BENCHMARKS.md). When the last encode was shared (scrapes come
+/// in crowds: a load test, several scrapers at once) and took 2 ms or more,
+/// an encode first waits [`GATHER`] (1 ms) for scrapes that arrive with
+/// it, which share it instead of each waiting for the next one; a lone
+/// scrape never waits, nor one of a small exposition. The encode itself
+/// runs on the async worker that holds the turn.
+#[derive(Debug)]
 pub struct Scrapes {
     /// Encodes started so far; an encode's generation is this after it.
     started: AtomicU64,
-    last: tokio::sync::Mutex<Option<Encoded>>,
+    /// A turn to encode: as many as the runtime has workers.
+    turns: tokio::sync::Semaphore,
+    /// The latest encode that finished.
+    last: std::sync::Mutex<Option<Encoded>>,
+}
+
+/// Encodes that may run at once: edgewatch's runtime has two workers.
+pub const TURNS: usize = 2;
+
+impl Default for Scrapes {
+    fn default() -> Self {
+        Self::new(TURNS)
+    }
 }
 
 #[derive(Debug)]
@@ -121,6 +135,25 @@ impl Format {
 }
 
 impl Scrapes {
+    /// Scrapes sharing encodes, `turns` of them at a time.
+    pub fn new(turns: usize) -> Self {
+        Self {
+            started: AtomicU64::new(0),
+            turns: tokio::sync::Semaphore::new(turns.max(1)),
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The latest body, if its encode began after `arrived` in `format`.
+    fn fresh(&self, arrived: u64, format: Format) -> Option<Result<Bytes, ()>> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let e = last.as_mut()?;
+        (e.generation > arrived && e.format == format).then(|| {
+            e.shared += 1;
+            e.body.clone()
+        })
+    }
+
     async fn get(
         &self,
         registry: &Arc<Registry>,
@@ -128,18 +161,24 @@ impl Scrapes {
         format: Format,
     ) -> Result<Bytes, ()> {
         let arrived = self.started.load(Ordering::Acquire);
-        let mut last = self.last.lock().await;
-        if let Some(e) = last.as_mut()
-            && e.generation > arrived
-            && e.format == format
-        {
-            e.shared += 1;
-            return e.body.clone();
+        let Ok(_turn) = self.turns.acquire().await else {
+            return Err(());
+        };
+        if let Some(body) = self.fresh(arrived, format) {
+            return body;
         }
-        if last
-            .as_ref()
-            .is_some_and(|e| e.shared > 0 && e.took >= GATHER_WORTH)
-        {
+        let (gather, capacity) = {
+            let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            let last = last.as_ref();
+            (
+                last.is_some_and(|e| e.shared > 0 && e.took >= GATHER_WORTH),
+                // The size of the last body: one allocation instead of a
+                // doubling series of copies while the text grows.
+                last.and_then(|e| e.body.as_ref().ok())
+                    .map_or(0, |b| b.len() + b.len() / 8),
+            )
+        };
+        if gather {
             // Scrapes arriving during the wait see this encode begin after
             // them.
             tokio::time::sleep(GATHER).await;
@@ -151,24 +190,21 @@ impl Scrapes {
         {
             tracing::warn!("ring-buffer drain before scrape timed out; serving what is aggregated");
         }
-        // The size of the last body: one allocation instead of a doubling
-        // series of copies while the text grows.
-        let capacity = last
-            .as_ref()
-            .and_then(|e| e.body.as_ref().ok())
-            .map_or(0, |b| b.len() + b.len() / 8);
-        // Encoded on this worker thread, not the blocking pool: one encode
-        // runs at a time anyway, and pool threads each keep a malloc arena
-        // of their own (RSS rose from 85 to 112 MiB under wrk that way).
+        // Encoded on this worker thread, not the blocking pool: pool
+        // threads each keep a malloc arena of their own (RSS rose from 85
+        // to 112 MiB under wrk that way).
         let body = encode(registry, format, capacity)
             .map_err(|e| tracing::error!(error = %e, "encoding metrics failed"));
-        *last = Some(Encoded {
-            generation,
-            format,
-            body: body.clone(),
-            shared: 0,
-            took: start.elapsed(),
-        });
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_ref().is_none_or(|e| e.generation < generation) {
+            *last = Some(Encoded {
+                generation,
+                format,
+                body: body.clone(),
+                shared: 0,
+                took: start.elapsed(),
+            });
+        }
         body
     }
 }
@@ -187,7 +223,8 @@ pub enum EncodeError {
 /// size (the last body's).
 pub fn encode(registry: &Registry, format: Format, capacity: usize) -> Result<Bytes, EncodeError> {
     let mut om = String::with_capacity(capacity);
-    prometheus_client::encoding::text::encode(&mut om, registry)?;
+    // Series created by the aggregates go in with their label text whole.
+    labels::text_encoding(|| prometheus_client::encoding::text::encode(&mut om, registry))?;
     if format == Format::OpenMetrics {
         return Ok(Bytes::from(om));
     }
@@ -383,7 +420,7 @@ mod tests {
             registry: Arc::new(r),
             flush: None,
             telemetry_path: "/metrics".into(),
-            scrapes: Arc::default(),
+            scrapes: Arc::new(Scrapes::new(1)),
         });
         let fetch = |app: Router| async move {
             let resp = app
@@ -428,7 +465,7 @@ mod tests {
             registry: Arc::new(r),
             flush: None,
             telemetry_path: "/metrics".into(),
-            scrapes: Arc::default(),
+            scrapes: Arc::new(Scrapes::new(1)),
         };
         let text = |b: Result<Bytes, ()>| String::from_utf8(b.unwrap().to_vec()).unwrap();
         let spawn_get = || {
@@ -469,6 +506,83 @@ mod tests {
         assert!(text(a).contains("\nencodes 5\n"));
         assert!(text(b).contains("\nencodes 6\n"));
         assert_eq!(encodes.load(Ordering::SeqCst), 6);
+    }
+
+    /// Counts encodes, and the most that ran at once; each takes 200 ms.
+    #[derive(Debug)]
+    struct Overlap {
+        encodes: AtomicU64,
+        running: AtomicU64,
+        most: AtomicU64,
+    }
+
+    #[derive(Debug)]
+    struct Shared(Arc<Overlap>);
+
+    impl prometheus_client::collector::Collector for Shared {
+        fn encode(
+            &self,
+            mut encoder: prometheus_client::encoding::DescriptorEncoder,
+        ) -> Result<(), std::fmt::Error> {
+            use prometheus_client::encoding::EncodeMetric;
+            let o = &self.0;
+            let n = o.encodes.fetch_add(1, Ordering::SeqCst) + 1;
+            let running = o.running.fetch_add(1, Ordering::SeqCst) + 1;
+            o.most.fetch_max(running, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(200));
+            o.running.fetch_sub(1, Ordering::SeqCst);
+            prometheus_client::metrics::gauge::ConstGauge::new(n as i64).encode(
+                encoder.encode_descriptor(
+                    "encodes",
+                    "Encodes started",
+                    None,
+                    prometheus_client::metrics::MetricType::Gauge,
+                )?,
+            )
+        }
+    }
+
+    /// With two turns, a scrape arriving during an encode starts its own
+    /// at once on the other worker instead of waiting; no more than two
+    /// run at a time, and every scrape still gets an encode that began
+    /// after it arrived. Scrapes 50 ms apart: A (0 ms) encodes 1, B (50)
+    /// encodes 2 beside it; C and D (100) wait for turns: C takes A's and
+    /// encodes 3, D takes B's and encodes 4 (2 had begun before it came).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_turns_encode_side_by_side() {
+        let overlap = Arc::new(Overlap {
+            encodes: AtomicU64::new(0),
+            running: AtomicU64::new(0),
+            most: AtomicU64::new(0),
+        });
+        let mut r = Registry::default();
+        r.register_collector(Box::new(Shared(overlap.clone())));
+        let state = AppState {
+            registry: Arc::new(r),
+            flush: None,
+            telemetry_path: "/metrics".into(),
+            scrapes: Arc::new(Scrapes::new(2)),
+        };
+        let spawn_get = || {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let b = state.scrapes.get(&state.registry, None, Format::Text).await;
+                String::from_utf8(b.unwrap().to_vec()).unwrap()
+            })
+        };
+        let a = spawn_get();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let b = spawn_get();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let c = spawn_get();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let d = spawn_get();
+        for (scrape, n) in [(a, 1), (b, 2), (c, 3), (d, 4)] {
+            let body = scrape.await.unwrap();
+            assert!(body.contains(&format!("\nencodes {n}\n")), "{n}: {body}");
+        }
+        assert_eq!(overlap.encodes.load(Ordering::SeqCst), 4);
+        assert_eq!(overlap.most.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

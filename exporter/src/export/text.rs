@@ -49,13 +49,24 @@ pub fn from_openmetrics(om: &str, out: &mut String) -> Result<(), Unexpected> {
     // om[copied..start] is a run of lines that need no change.
     let mut copied = 0;
     let mut start = 0;
+    // The next `#` or backslash at or after `start` (comment lines,
+    // exemplars, escapes), found once for every line before it.
+    let mut special = 0;
     while start < om.len() {
         let (line, next) = match memchr::memchr(b'\n', &om.as_bytes()[start..]) {
             Some(i) => (&om[start..start + i], start + i + 1),
             // No line feed: rewritten below, which adds one.
             None => (&om[start..], om.len()),
         };
+        if special < start {
+            special = memchr::memchr2(b'#', b'\\', &om.as_bytes()[start..])
+                .map_or(usize::MAX, |i| start + i);
+        }
         let Some(comment) = line.strip_prefix("# ") else {
+            if next > start + line.len() && special >= next && plain(line) {
+                start = next;
+                continue;
+            }
             let s = Sample::parse(line).ok_or_else(|| unexpected(line))?;
             if !(s.unchanged() && next > start + line.len()) {
                 out.push_str(&om[copied..start]);
@@ -103,6 +114,38 @@ pub fn from_openmetrics(om: &str, out: &mut String) -> Result<(), Unexpected> {
     }
     out.push_str(&om[copied..]);
     Ok(())
+}
+
+/// Whether a sample line with no `#` (an exemplar starts with ` # `) and
+/// no backslash (an escape) is the same in the classic format, told
+/// without walking its label set quote by quote as [`Sample::parse`] does
+/// (most lines are): an integer after the last space (prometheus-client
+/// writes no timestamps), before it a bare name or a name and a label set
+/// ending in `"}` with an even number of quotes. Any other line is parsed,
+/// so a line the parser refuses is never copied.
+fn plain(line: &str) -> bool {
+    let b = line.as_bytes();
+    let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    let mut end = b.len() - digits;
+    if digits == 0 {
+        return false;
+    }
+    if end > 0 && b[end - 1] == b'-' {
+        end -= 1;
+    }
+    let Some(head) = b[..end].strip_suffix(b" ") else {
+        return false;
+    };
+    if let Some(set) = head.strip_suffix(b"\"}") {
+        let Some(brace) = memchr::memchr(b'{', set) else {
+            return false;
+        };
+        brace > 0
+            && !set[..brace].contains(&b' ')
+            && set.iter().filter(|&&c| c == b'"').count() % 2 == 1
+    } else {
+        !head.is_empty() && memchr::memchr2(b' ', b'{', head).is_none()
+    }
 }
 
 /// A sample line's parts.
@@ -297,6 +340,35 @@ mod tests {
         assert!(text.contains("whole 12\n"), "{text}");
         assert!(text.contains("empty_total 1\n"), "{text}");
         assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+    }
+
+    /// Lines the quick check must leave to the parser: an exemplar after
+    /// an integer value (edgewatch sets none, but the pass drops them), and
+    /// an empty label set.
+    #[test]
+    fn exemplars_and_empty_label_sets_are_rewritten() {
+        let mut r = Registry::default();
+        let c = prometheus_client::metrics::exemplar::CounterWithExemplar::<Two>::default();
+        c.inc_by(
+            5,
+            Some(Two {
+                a: "trace".into(),
+                b: "7".into(),
+            }),
+            None,
+        );
+        r.register("ex", "With an exemplar", c);
+        let empty = Family::<NoLabels, Counter>::default();
+        empty.get_or_create(&NoLabels {}).inc_by(2);
+        r.register("empty", "Empty label set", empty);
+        let om = openmetrics(&r);
+        assert!(om.contains("ex_total 5 # {a=\"trace\",b=\"7\"} 5"), "{om}");
+        assert!(om.contains("empty_total{} 2\n"), "{om}");
+        let mut text = String::new();
+        from_openmetrics(&om, &mut text).unwrap();
+        assert!(text.contains("\nex_total 5\n"), "{text}");
+        assert!(text.contains("\nempty_total 2\n"), "{text}");
+        assert!(!text.contains("trace") && !text.contains("{}"), "{text}");
     }
 
     /// Random label values (every character the escapes care about, and

@@ -6,13 +6,20 @@
 //! Label sets without opt-in labels derive prometheus-client's
 //! `EncodeLabelSet`; the ones with opt-in labels flatten [`OptLabels`] into
 //! the derive (`#[prometheus(flatten)]`), which is the one hand-written
-//! encoder: the derive would encode a `None` as an empty value.
+//! encoder: the derive would encode a `None` as an empty value. The
+//! families whose series count grows with what the node does (connects,
+//! retransmits, map operations) key their series by [`Rendered`] label sets,
+//! whose text /metrics copies whole.
 
-use std::{collections::HashSet, hash::Hash, sync::Arc};
+use std::{cell::Cell, collections::HashSet, fmt::Debug, hash::Hash, sync::Arc};
 
 use prometheus_client::{
     encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder},
-    metrics::{counter::Counter, family::Family},
+    metrics::{
+        counter::Counter,
+        family::{Family, MetricConstructor},
+    },
+    registry::Registry,
 };
 
 use super::workload::Workload;
@@ -167,6 +174,119 @@ impl EncodeLabelSet for OptLabels {
     }
 }
 
+/// A series' label set with its text rendered once, when the series is
+/// created, so that /metrics writes it with one copy instead of label by
+/// label through prometheus-client's encoder (with 10,000 series that was
+/// over half of an OpenMetrics encode: BENCHMARKS.md). Hash and equality
+/// are the labels' own. The text is prometheus-client's own rendering of
+/// the labels (a one-series exposition, cut), so its order and escaping are
+/// the encoder's.
+///
+/// prometheus-client's text encoder writes a label key as it is given and
+/// writes nothing more unless the key's value is started, so the whole
+/// rendered set goes in as one key. That holds for its text encoder only:
+/// any other encoder (the protobuf one the OTLP model reads) gets the labels
+/// one by one, and [`text_encoding`] marks the text encodes. The golden
+/// expositions hold both paths to the same bytes.
+#[derive(Clone, Debug)]
+pub struct Rendered<L> {
+    labels: L,
+    /// `a="x",b="y"`; None in a lookup probe, or for an empty set.
+    text: Option<Arc<str>>,
+}
+
+impl<L: Hash> Hash for Rendered<L> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.labels.hash(state);
+    }
+}
+
+impl<L: PartialEq> PartialEq for Rendered<L> {
+    fn eq(&self, other: &Self) -> bool {
+        self.labels == other.labels
+    }
+}
+
+impl<L: Eq> Eq for Rendered<L> {}
+
+impl<L> Rendered<L>
+where
+    L: EncodeLabelSet + Clone + Hash + Eq + Debug + Send + Sync + 'static,
+{
+    pub fn new(labels: L) -> Self {
+        let text = render(&labels);
+        Self { labels, text }
+    }
+
+    pub fn labels(&self) -> &L {
+        &self.labels
+    }
+}
+
+impl<L: EncodeLabelSet> EncodeLabelSet for Rendered<L> {
+    fn encode(&self, enc: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        match &self.text {
+            Some(text) if TEXT_ENCODING.get() => {
+                use std::fmt::Write;
+                let mut label = enc.encode_label();
+                label.encode_label_key()?.write_str(text)
+            }
+            _ => self.labels.encode(enc),
+        }
+    }
+}
+
+thread_local! {
+    /// Set while a prometheus-client text encode runs on this thread.
+    static TEXT_ENCODING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `encode`, a prometheus-client text (OpenMetrics) encode on this
+/// thread, with [`Rendered`] label sets written whole.
+pub fn text_encoding<R>(encode: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            TEXT_ENCODING.set(self.0);
+        }
+    }
+    let _restore = Restore(TEXT_ENCODING.replace(true));
+    encode()
+}
+
+/// `labels` as prometheus-client's text encoder writes them between the
+/// braces; None for an empty set.
+fn render<L>(labels: &L) -> Option<Arc<str>>
+where
+    L: EncodeLabelSet + Clone + Hash + Eq + Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Counter>::default();
+    family.get_or_create_owned(labels);
+    let mut registry = Registry::default();
+    registry.register("r", "", family);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode_registry(&mut text, &registry).ok()?;
+    let line = text.lines().find(|l| !l.starts_with('#'))?;
+    let (set, _value) = line.strip_prefix("r_total{")?.rsplit_once("} ")?;
+    Some(Arc::from(set))
+}
+
+/// The series of `labels` in `family`, created with its text rendered if it
+/// is new (the consumer's slow path: a series already there is found
+/// without rendering).
+pub fn series<L, M, C>(family: &Family<Rendered<L>, M, C>, labels: L) -> M
+where
+    L: EncodeLabelSet + Clone + Hash + Eq + Debug + Send + Sync + 'static,
+    M: Clone,
+    C: MetricConstructor<M>,
+{
+    let probe = Rendered { labels, text: None };
+    if let Some(m) = family.get(&probe) {
+        return m.clone();
+    }
+    family.get_or_create_owned(&Rendered::new(probe.labels))
+}
+
 /// Labels of `edgewatch_series_dropped_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MetricLabel {
@@ -260,6 +380,8 @@ impl<L: Foldable> SeriesCap<L> {
 
 #[cfg(test)]
 mod tests {
+    use prometheus_client::metrics::histogram::Histogram;
+
     use super::*;
 
     #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -286,14 +408,107 @@ mod tests {
         assert_eq!(dropped.get_or_create(&MetricLabel { metric: "m" }).get(), 2);
     }
 
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct S {
+        family: &'static str,
+        #[prometheus(flatten)]
+        opt: OptLabels,
+    }
+
+    /// Label sets with every character the escapes care about, an empty
+    /// opt-in part and an empty set: the rendered text gives the bytes the
+    /// encoder writes label by label, in counters and histograms, and the
+    /// protobuf encoder (OTLP's model) still gets the labels one by one.
+    #[test]
+    fn rendered_label_sets_encode_as_the_labels_do() {
+        let sets = [
+            S {
+                family: "ipv4",
+                opt: OptLabels {
+                    comm: Some("we\\ird \"c\"\n#{}".into()),
+                    peer: Some("10.0.0.1".into()),
+                    port: Some("80".into()),
+                    ..OptLabels::default()
+                },
+            },
+            S {
+                family: "ipv6",
+                opt: OptLabels::default(),
+            },
+            S {
+                family: "",
+                opt: OptLabels {
+                    pod: Some("ünï, = \"}".into()),
+                    ..OptLabels::default()
+                },
+            },
+        ];
+        let plain = Family::<S, Counter>::default();
+        let rendered = Family::<Rendered<S>, Counter>::default();
+        let plain_h = Family::<S, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+            Histogram::new([1.0, 2.0])
+        });
+        let rendered_h =
+            Family::<Rendered<S>, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new([1.0, 2.0])
+            });
+        for (i, set) in sets.iter().enumerate() {
+            plain.get_or_create(set).inc_by(i as u64 + 1);
+            series(&rendered, set.clone()).inc_by(i as u64 + 1);
+            plain_h.get_or_create(set).observe(1.5);
+            series(&rendered_h, set.clone()).observe(1.5);
+            // Found again, not created twice.
+            series(&rendered, set.clone()).inc();
+            plain.get_or_create(set).inc();
+        }
+        let mut plain_r = Registry::default();
+        plain_r.register("x", "X", plain);
+        plain_r.register("h", "H", plain_h);
+        let mut rendered_r = Registry::default();
+        rendered_r.register("x", "X", rendered);
+        rendered_r.register("h", "H", rendered_h);
+        let (plain, rendered) = (plain_r, rendered_r);
+        // Lines sorted: each family iterates its own hash map's order.
+        let encode = |r: &Registry| {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, r).unwrap();
+            let mut lines: Vec<_> = text.lines().map(str::to_string).collect();
+            lines.sort();
+            lines.join("\n")
+        };
+        let whole = text_encoding(|| encode(&rendered));
+        assert_eq!(whole, encode(&plain));
+        assert!(
+            whole.contains("x_total{family=\"ipv4\",comm=\"we\\\\ird \\\"c\\\"\\n#{}\",peer=\"10.0.0.1\",port=\"80\"} 2"),
+            "{whole}"
+        );
+        // Outside text_encoding, label by label (the flag is restored).
+        assert!(!TEXT_ENCODING.get());
+        assert_eq!(encode(&rendered), whole);
+        let model = |r: &Registry| {
+            let mut text = String::new();
+            crate::export::model::write_prometheus_text(
+                &crate::export::model::snapshot(r).unwrap(),
+                &mut text,
+            );
+            let mut lines: Vec<_> = text.lines().map(str::to_string).collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(model(&rendered), model(&plain));
+    }
+
+    #[test]
+    fn text_encoding_restores_the_flag_after_a_panic() {
+        let r = std::panic::catch_unwind(|| text_encoding(|| panic!("inside")));
+        assert!(r.is_err());
+        assert!(!TEXT_ENCODING.get());
+        text_encoding(|| text_encoding(|| assert!(TEXT_ENCODING.get())));
+        assert!(!TEXT_ENCODING.get());
+    }
+
     #[test]
     fn opt_labels_leave_absent_labels_out() {
-        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-        struct S {
-            family: &'static str,
-            #[prometheus(flatten)]
-            opt: OptLabels,
-        }
         let family = Family::<S, Counter>::default();
         family
             .get_or_create(&S {

@@ -222,14 +222,24 @@ pub enum EncodeError {
 /// The exposition of `registry` in `format`; `capacity` is a guess of its
 /// size (the last body's).
 pub fn encode(registry: &Registry, format: Format, capacity: usize) -> Result<Bytes, EncodeError> {
-    let mut om = String::with_capacity(capacity);
+    let mut body = String::with_capacity(capacity);
     // Series created by the aggregates go in with their label text whole.
-    labels::text_encoding(|| prometheus_client::encoding::text::encode(&mut om, registry))?;
-    if format == Format::OpenMetrics {
-        return Ok(Bytes::from(om));
+    match format {
+        Format::OpenMetrics => {
+            labels::text_encoding(|| {
+                prometheus_client::encoding::text::encode(&mut body, registry)
+            })?;
+        }
+        Format::Text => {
+            let mut classic = text::Classic::new(&mut body);
+            let written = labels::text_encoding(|| {
+                prometheus_client::encoding::text::encode(&mut classic, registry)
+            });
+            // An unexpected line stops the encode: it is the error then.
+            classic.finish()?;
+            written?;
+        }
     }
-    let mut body = String::with_capacity(om.len() + om.len() / 16);
-    text::from_openmetrics(&om, &mut body)?;
     Ok(Bytes::from(body))
 }
 

@@ -40,80 +40,153 @@ fn unexpected(line: &str) -> Unexpected {
 }
 
 /// Appends the classic text of the OpenMetrics exposition `om` to `out`.
-/// Most sample lines are the same in both formats: runs of them are copied
-/// whole.
 pub fn from_openmetrics(om: &str, out: &mut String) -> Result<(), Unexpected> {
-    // The HELP line waiting for its TYPE line (prometheus-client writes
-    // them in that order, with nothing between).
-    let mut help: Option<(&str, &str)> = None;
-    // om[copied..start] is a run of lines that need no change.
-    let mut copied = 0;
-    let mut start = 0;
-    // The next `#` or backslash at or after `start` (comment lines,
-    // exemplars, escapes), found once for every line before it.
-    let mut special = 0;
-    while start < om.len() {
-        let (line, next) = match memchr::memchr(b'\n', &om.as_bytes()[start..]) {
-            Some(i) => (&om[start..start + i], start + i + 1),
-            // No line feed: rewritten below, which adds one.
-            None => (&om[start..], om.len()),
-        };
-        if special < start {
-            special = memchr::memchr2(b'#', b'\\', &om.as_bytes()[start..])
-                .map_or(usize::MAX, |i| start + i);
-        }
-        let Some(comment) = line.strip_prefix("# ") else {
-            if next > start + line.len() && special >= next && plain(line) {
-                start = next;
-                continue;
-            }
-            let s = Sample::parse(line).ok_or_else(|| unexpected(line))?;
-            if !(s.unchanged() && next > start + line.len()) {
-                out.push_str(&om[copied..start]);
-                s.write(out)?;
-                copied = next;
-            }
-            start = next;
-            continue;
-        };
-        out.push_str(&om[copied..start]);
-        copied = next;
-        start = next;
-        if let Some(rest) = comment.strip_prefix("HELP ") {
-            help = Some(rest.split_once(' ').ok_or_else(|| unexpected(line))?);
-        } else if let Some(rest) = comment.strip_prefix("TYPE ") {
-            let (name, ty) = rest.split_once(' ').ok_or_else(|| unexpected(line))?;
-            let (suffix, ty) = match ty {
-                "counter" => ("_total", "counter"),
-                "info" => ("_info", "gauge"),
-                "gauge" => ("", "gauge"),
-                "histogram" => ("", "histogram"),
-                "unknown" => ("", "untyped"),
-                _ => return Err(unexpected(line)),
-            };
-            let text = match help.take() {
-                Some((n, text)) if n == name => text,
-                _ => return Err(unexpected(line)),
-            };
-            out.push_str("# HELP ");
-            out.push_str(name);
-            out.push_str(suffix);
-            out.push(' ');
-            // Escaped as the model's writer escapes help (prometheus-client
-            // writes it as given; a line feed would have ended the line).
-            model::escape(text, false, out);
-            out.push_str("\n# TYPE ");
-            out.push_str(name);
-            out.push_str(suffix);
-            out.push(' ');
-            out.push_str(ty);
-            out.push('\n');
-        } else if !(comment.starts_with("UNIT ") || comment == "EOF") {
-            return Err(unexpected(line));
+    let mut classic = Classic::new(out);
+    // An unexpected line is kept for finish().
+    let _ = std::fmt::Write::write_str(&mut classic, om);
+    classic.finish()
+}
+
+/// How much OpenMetrics [`Classic`] holds before it passes the whole lines
+/// in it: small enough to stay in the core's cache between being written
+/// and being read.
+const CHUNK: usize = 32 * 1024;
+
+/// A writer that takes OpenMetrics as prometheus-client's encoder writes
+/// it and appends the classic text to `out`, [`CHUNK`] by chunk: the
+/// exposition is never held twice, nor read back from memory after the
+/// whole of it was written (with 10,000 series a pass over a finished
+/// 900 KB body took 0.7 ms of a 1.8 ms encode, more under load). Most
+/// sample lines are the same in both formats: runs of them are copied
+/// whole.
+pub struct Classic<'a> {
+    out: &'a mut String,
+    /// OpenMetrics written and not yet passed.
+    chunk: String,
+    /// The HELP line waiting for its TYPE line (`name text`;
+    /// prometheus-client writes them in that order, with nothing between).
+    help: Option<String>,
+    /// The first unexpected line; the writer refuses everything after it.
+    error: Option<Unexpected>,
+}
+
+impl<'a> Classic<'a> {
+    pub fn new(out: &'a mut String) -> Self {
+        Self {
+            out,
+            chunk: String::with_capacity(CHUNK + CHUNK / 4),
+            help: None,
+            error: None,
         }
     }
-    out.push_str(&om[copied..]);
-    Ok(())
+
+    /// Ends the text: what is left is passed, a last line without a line
+    /// feed gets one; the first unexpected line, if any, is the error.
+    pub fn finish(mut self) -> Result<(), Unexpected> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        let chunk = std::mem::take(&mut self.chunk);
+        self.pass(&chunk)
+    }
+
+    /// Appends the classic text of the lines of `om`.
+    fn pass(&mut self, om: &str) -> Result<(), Unexpected> {
+        let out = &mut *self.out;
+        // om[copied..start] is a run of lines that need no change.
+        let mut copied = 0;
+        let mut start = 0;
+        // The next `#` or backslash at or after `start` (comment lines,
+        // exemplars, escapes), found once for every line before it.
+        let mut special = 0;
+        while start < om.len() {
+            let (line, next) = match memchr::memchr(b'\n', &om.as_bytes()[start..]) {
+                Some(i) => (&om[start..start + i], start + i + 1),
+                // No line feed: rewritten below, which adds one.
+                None => (&om[start..], om.len()),
+            };
+            if special < start {
+                special = memchr::memchr2(b'#', b'\\', &om.as_bytes()[start..])
+                    .map_or(usize::MAX, |i| start + i);
+            }
+            let Some(comment) = line.strip_prefix("# ") else {
+                if next > start + line.len() && special >= next && plain(line) {
+                    start = next;
+                    continue;
+                }
+                let s = Sample::parse(line).ok_or_else(|| unexpected(line))?;
+                if !(s.unchanged() && next > start + line.len()) {
+                    out.push_str(&om[copied..start]);
+                    s.write(out)?;
+                    copied = next;
+                }
+                start = next;
+                continue;
+            };
+            out.push_str(&om[copied..start]);
+            copied = next;
+            start = next;
+            if let Some(rest) = comment.strip_prefix("HELP ") {
+                self.help = Some(rest.to_string());
+            } else if let Some(rest) = comment.strip_prefix("TYPE ") {
+                let (name, ty) = rest.split_once(' ').ok_or_else(|| unexpected(line))?;
+                let (suffix, ty) = match ty {
+                    "counter" => ("_total", "counter"),
+                    "info" => ("_info", "gauge"),
+                    "gauge" => ("", "gauge"),
+                    "histogram" => ("", "histogram"),
+                    "unknown" => ("", "untyped"),
+                    _ => return Err(unexpected(line)),
+                };
+                let help = self.help.take().unwrap_or_default();
+                let text = match help.split_once(' ') {
+                    Some((n, text)) if n == name => text,
+                    _ => return Err(unexpected(line)),
+                };
+                out.push_str("# HELP ");
+                out.push_str(name);
+                out.push_str(suffix);
+                out.push(' ');
+                // Escaped as the model's writer escapes help
+                // (prometheus-client writes it as given; a line feed would
+                // have ended the line).
+                model::escape(text, false, out);
+                out.push_str("\n# TYPE ");
+                out.push_str(name);
+                out.push_str(suffix);
+                out.push(' ');
+                out.push_str(ty);
+                out.push('\n');
+            } else if !(comment.starts_with("UNIT ") || comment == "EOF") {
+                return Err(unexpected(line));
+            }
+        }
+        out.push_str(&om[copied..]);
+        Ok(())
+    }
+}
+
+impl std::fmt::Write for Classic<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if self.error.is_some() {
+            return Err(std::fmt::Error);
+        }
+        self.chunk.push_str(s);
+        if self.chunk.len() < CHUNK {
+            return Ok(());
+        }
+        let Some(end) = memchr::memrchr(b'\n', self.chunk.as_bytes()) else {
+            return Ok(());
+        };
+        let mut chunk = std::mem::take(&mut self.chunk);
+        let passed = self.pass(&chunk[..=end]);
+        chunk.drain(..=end);
+        self.chunk = chunk;
+        passed.map_err(|e| {
+            self.error = Some(e);
+            std::fmt::Error
+        })
+    }
 }
 
 /// Whether a sample line with no `#` (an exemplar starts with ` # `) and
@@ -260,10 +333,34 @@ mod tests {
         om
     }
 
-    /// This pass and the typed model's writer, on one registry.
+    /// This pass and the typed model's writer, on one registry. The pass
+    /// also gets the exposition as prometheus-client writes it (a few bytes
+    /// at a time), and in pieces cut at every length from 1 to 7 bytes:
+    /// the same text each time.
     fn both(r: &Registry) -> (String, String) {
         let mut text = String::new();
         from_openmetrics(&openmetrics(r), &mut text).unwrap();
+        let mut streamed = String::new();
+        let mut classic = Classic::new(&mut streamed);
+        prometheus_client::encoding::text::encode(&mut classic, r).unwrap();
+        classic.finish().unwrap();
+        assert_eq!(streamed, text);
+        let om = openmetrics(r);
+        for piece in 1..8 {
+            let mut pieces = String::new();
+            let mut classic = Classic::new(&mut pieces);
+            let mut rest = om.as_str();
+            while !rest.is_empty() {
+                let mut cut = piece.min(rest.len());
+                while !rest.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                std::fmt::Write::write_str(&mut classic, &rest[..cut]).unwrap();
+                rest = &rest[cut..];
+            }
+            classic.finish().unwrap();
+            assert_eq!(pieces, text, "pieces of {piece}");
+        }
         let mut reference = String::new();
         model::write_prometheus_text(&model::snapshot(r).unwrap(), &mut reference);
         (text, reference)
@@ -430,6 +527,33 @@ mod tests {
             let (text, reference) = both(&r);
             assert_eq!(text, reference, "seed {seed}");
         }
+    }
+
+    /// Expositions of many chunks: HELP and TYPE lines, escaped label
+    /// values and rewritten values fall on every side of a chunk's end.
+    #[test]
+    fn expositions_larger_than_a_chunk() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut r = Registry::default();
+        for f in 0..400 {
+            let counters = Family::<Two, Counter>::default();
+            let gauges = Family::<Two, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+            for i in 0..rng.usize(0..12) {
+                let labels = Two {
+                    a: format!("{f}-{i}"),
+                    b: ["x", "q\"uote", "back\\slash # {}", "line\nfeed", "ü"][rng.usize(..5)]
+                        .repeat(rng.usize(1..6)),
+                };
+                counters.get_or_create(&labels).inc_by(rng.u64(..1 << 40));
+                gauges.get_or_create(&labels).set(rng.f64() * 1e3);
+            }
+            r.register(format!("c{f}"), format!("Counters {f} \\ help"), counters);
+            r.register(format!("g{f}"), format!("Gauges {f}"), gauges);
+        }
+        let om = openmetrics(&r);
+        assert!(om.len() > 4 * CHUNK, "{}", om.len());
+        let (text, reference) = both(&r);
+        assert_eq!(text, reference);
     }
 
     #[test]

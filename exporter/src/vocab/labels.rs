@@ -268,7 +268,7 @@ where
     prometheus_client::encoding::text::encode_registry(&mut text, &registry).ok()?;
     let line = text.lines().find(|l| !l.starts_with('#'))?;
     let (set, _value) = line.strip_prefix("r_total{")?.rsplit_once("} ")?;
-    Some(Arc::from(set))
+    (!set.is_empty()).then(|| Arc::from(set))
 }
 
 /// The series of `labels` in `family`, created with its text rendered if it

@@ -485,17 +485,17 @@ mod tests {
         // Outside text_encoding, label by label (the flag is restored).
         assert!(!TEXT_ENCODING.get());
         assert_eq!(encode(&rendered), whole);
-        let model = |r: &Registry| {
-            let mut text = String::new();
-            crate::export::model::write_prometheus_text(
-                &crate::export::model::snapshot(r).unwrap(),
-                &mut text,
-            );
-            let mut lines: Vec<_> = text.lines().map(str::to_string).collect();
-            lines.sort();
-            lines
+        // The protobuf encoder (what OTLP's model reads) gets the labels.
+        let protobuf = |r: &Registry| {
+            let families = prometheus_client::encoding::prometheus_protobuf::encode(r).unwrap();
+            let mut metrics: Vec<_> = families
+                .iter()
+                .flat_map(|f| f.metric.iter().map(|m| format!("{:?} {m:?}", f.name)))
+                .collect();
+            metrics.sort();
+            metrics
         };
-        assert_eq!(model(&rendered), model(&plain));
+        assert_eq!(protobuf(&rendered), protobuf(&plain));
     }
 
     #[test]

@@ -724,17 +724,20 @@ fn a_collector_down_for_three_intervals_then_back() {
             &[("signal", "metrics"), ("reason", reason)],
         )
     };
+    // Measured once the second push has failed: by then the process's
+    // allocations have settled (a 6.1 VM run measured at the first failure
+    // saw 24.2 then 28.1 MB; its rerun 25.8 then 26.0 MB).
     poll(Duration::from_secs(10), || {
-        (errors(&ew.scrape(), "connect") >= 1).then_some(())
+        (errors(&ew.scrape(), "connect") >= 2).then_some(())
     })
-    .expect("the first failed push");
+    .expect("two failed pushes");
     let rss_down = rss_kib(ew.pid());
     let comm = format!("otlpd{}", std::process::id() % 100_000);
     const K: usize = 30;
     handshakes("otlpd", &comm, 0, K);
     let m = poll(Duration::from_secs(15), || {
         let m = ew.scrape();
-        (errors(&m, "connect") >= 4).then_some(m)
+        (errors(&m, "connect") >= 5).then_some(m)
     })
     .expect("three more failed pushes");
     let rss_later = rss_kib(ew.pid());

@@ -77,6 +77,10 @@ pub fn check(settings: &Settings) -> Result<ExitCode> {
     })
 }
 
+/// The async runtime's worker threads; /metrics encodes on as many at
+/// once.
+const WORKERS: usize = 2;
+
 /// Re-reads the configuration (file and flags) at SIGHUP.
 pub type Reload = Box<dyn Fn() -> Result<Settings, String> + Send>;
 
@@ -84,7 +88,7 @@ pub type Reload = Box<dyn Fn() -> Result<Settings, String> + Send>;
 /// configuration through `reload`.
 pub fn run(settings: Settings, reload: Reload) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(WORKERS)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
@@ -263,7 +267,7 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
         registry: registry.clone(),
         flush: Some(flush.clone()),
         telemetry_path: settings.telemetry_path.clone(),
-        scrapes: Arc::default(),
+        scrapes: Arc::new(export::prometheus::Scrapes::new(WORKERS)),
     });
     let address = listener
         .local_addr()

@@ -4,7 +4,7 @@
 //!
 //! OpenMetrics comes from prometheus-client's own encoder; the classic
 //! format, for clients that do not ask for OpenMetrics (curl, older
-//! Prometheus, many agents), is written from it in one pass (text.rs).
+//! Prometheus, many agents), is written from it as it is encoded (text.rs).
 
 use std::{
     sync::{
@@ -53,12 +53,12 @@ pub struct AppState {
     pub scrapes: Arc<Scrapes>,
 }
 
-/// Scrapes in flight share encodes, [`TURNS`] encodes at a time (one per
-/// async worker). A scrape waits for a turn, then takes the body of the
+/// Scrapes in flight share encodes, a given number at a time (edgewatch
+/// gives one per async worker). A scrape waits for a turn, then takes the body of the
 /// latest encode if it *started after the scrape arrived* (its drain of
 /// the ring buffer came later than the request, so it holds every record
 /// read before the request), or encodes itself. So concurrent scrapes cost
-/// fewer encodes than scrapes, at most [`TURNS`] encodes' memory is live,
+/// fewer encodes than scrapes, at most that many encodes' memory is live,
 /// and no scrape sees older numbers than if it had encoded alone. With one
 /// turn, a scrape arriving during an encode waited for it to finish and
 /// then encoded again, leaving the other CPU to wrk and idleness; with two,
@@ -73,18 +73,16 @@ pub struct AppState {
 pub struct Scrapes {
     /// Encodes started so far; an encode's generation is this after it.
     started: AtomicU64,
-    /// A turn to encode: as many as the runtime has workers.
+    /// A turn to encode.
     turns: tokio::sync::Semaphore,
     /// The latest encode that finished.
     last: std::sync::Mutex<Option<Encoded>>,
 }
 
-/// Encodes that may run at once: edgewatch's runtime has two workers.
-pub const TURNS: usize = 2;
-
+/// One encode at a time.
 impl Default for Scrapes {
     fn default() -> Self {
-        Self::new(TURNS)
+        Self::new(1)
     }
 }
 
@@ -144,16 +142,6 @@ impl Scrapes {
         }
     }
 
-    /// The latest body, if its encode began after `arrived` in `format`.
-    fn fresh(&self, arrived: u64, format: Format) -> Option<Result<Bytes, ()>> {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let e = last.as_mut()?;
-        (e.generation > arrived && e.format == format).then(|| {
-            e.shared += 1;
-            e.body.clone()
-        })
-    }
-
     async fn get(
         &self,
         registry: &Arc<Registry>,
@@ -164,19 +152,22 @@ impl Scrapes {
         let Ok(_turn) = self.turns.acquire().await else {
             return Err(());
         };
-        if let Some(body) = self.fresh(arrived, format) {
-            return body;
-        }
         let (gather, capacity) = {
-            let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            let last = last.as_ref();
-            (
-                last.is_some_and(|e| e.shared > 0 && e.took >= GATHER_WORTH),
-                // The size of the last body: one allocation instead of a
-                // doubling series of copies while the text grows.
-                last.and_then(|e| e.body.as_ref().ok())
-                    .map_or(0, |b| b.len() + b.len() / 8),
-            )
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            match last.as_mut() {
+                // An encode that began after this scrape arrived.
+                Some(e) if e.generation > arrived && e.format == format => {
+                    e.shared += 1;
+                    return e.body.clone();
+                }
+                Some(e) => (
+                    e.shared > 0 && e.took >= GATHER_WORTH,
+                    // The size of the last body: one allocation instead of
+                    // a doubling series of copies while the text grows.
+                    e.body.as_ref().map_or(0, |b| b.len() + b.len() / 8),
+                ),
+                None => (false, 0),
+            }
         };
         if gather {
             // Scrapes arriving during the wait see this encode begin after

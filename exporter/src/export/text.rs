@@ -1,6 +1,6 @@
 //! The Prometheus text format 0.0.4 for /metrics clients that do not ask
-//! for OpenMetrics, written in one pass over prometheus-client's own
-//! OpenMetrics encoding.
+//! for OpenMetrics, written from prometheus-client's own
+//! OpenMetrics encoding as it is written ([`Classic`]).
 //!
 //! prometheus-client writes OpenMetrics straight from the families; its
 //! typed model (model.rs, which OTLP reads) builds an owned `Metric` with
@@ -37,14 +37,6 @@ fn unexpected(line: &str) -> Unexpected {
     Unexpected {
         line: line.chars().take(120).collect(),
     }
-}
-
-/// Appends the classic text of the OpenMetrics exposition `om` to `out`.
-pub fn from_openmetrics(om: &str, out: &mut String) -> Result<(), Unexpected> {
-    let mut classic = Classic::new(out);
-    // An unexpected line is kept for finish().
-    let _ = std::fmt::Write::write_str(&mut classic, om);
-    classic.finish()
 }
 
 /// How much OpenMetrics [`Classic`] holds before it passes the whole lines
@@ -326,6 +318,15 @@ mod tests {
     };
 
     use super::*;
+
+    /// The classic text of the OpenMetrics exposition `om`, written in one
+    /// piece.
+    fn from_openmetrics(om: &str, out: &mut String) -> Result<(), Unexpected> {
+        let mut classic = Classic::new(out);
+        // An unexpected line is kept for finish().
+        let _ = std::fmt::Write::write_str(&mut classic, om);
+        classic.finish()
+    }
 
     fn openmetrics(r: &Registry) -> String {
         let mut om = String::new();

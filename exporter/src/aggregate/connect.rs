@@ -10,7 +10,7 @@
 use edgewatch_common::{COMM_LEN, ConnectCall, TcpConnect};
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{family::Family, histogram::Histogram},
     registry::Registry,
 };
 
@@ -24,6 +24,7 @@ use crate::vocab::{
     errno,
     kernel::{family_name, name_label},
     labels::{Foldable, OptInLabels, OptLabels, Rendered, SeriesCap, series},
+    series::{Counters, SeriesCounter},
     spans::{SpanData, SpanRecord},
 };
 
@@ -132,27 +133,27 @@ struct TcpKey {
 }
 
 struct TcpHandles {
-    connects: Capped<Counter>,
+    connects: Capped<SeriesCounter>,
     duration: Capped<Histogram>,
 }
 
 pub struct ConnectAggregator {
     ctx: Context,
-    calls: Family<Rendered<CallLabels>, Counter>,
-    connects: Family<Rendered<TcpLabels>, Counter>,
+    calls: Counters<CallLabels>,
+    connects: Counters<TcpLabels>,
     duration: HistogramFamily<Rendered<TcpLabels>>,
     calls_cap: SeriesCap<CallLabels>,
     connects_cap: SeriesCap<TcpLabels>,
     duration_cap: SeriesCap<TcpLabels>,
-    call_handles: HandleCache<CallKey, Capped<Counter>>,
+    call_handles: HandleCache<CallKey, Capped<SeriesCounter>>,
     tcp_handles: HandleCache<TcpKey, TcpHandles>,
 }
 
 impl ConnectAggregator {
     /// Registers the connect metrics and returns their aggregator.
     pub fn register(registry: &mut Registry, ctx: &Context) -> Self {
-        let calls = Family::<Rendered<CallLabels>, Counter>::default();
-        let connects = Family::<Rendered<TcpLabels>, Counter>::default();
+        let calls = Counters::<CallLabels>::default();
+        let connects = Counters::<TcpLabels>::default();
         let duration: HistogramFamily<Rendered<TcpLabels>> =
             Family::new_with_constructor(duration_histogram);
         registry.register(
@@ -183,7 +184,7 @@ impl ConnectAggregator {
         }
     }
 
-    fn call_handles(&mut self, c: &ConnectCall, cgroup: u64) -> Capped<Counter> {
+    fn call_handles(&mut self, c: &ConnectCall, cgroup: u64) -> Capped<SeriesCounter> {
         let opt = OptLabels {
             comm: self.ctx.labels.comm.then(|| name_label(&c.comm)),
             ..OptLabels::default()
@@ -195,7 +196,7 @@ impl ConnectAggregator {
         };
         let (labels, dropped) = self.calls_cap.admit_once(labels);
         Capped {
-            handle: series(&self.calls, labels),
+            handle: self.calls.series(labels),
             dropped,
         }
     }
@@ -217,7 +218,7 @@ impl ConnectAggregator {
             },
         });
         let connects = Capped {
-            handle: series(&self.connects, labels),
+            handle: self.connects.series(labels),
             dropped,
         };
         let (labels, dropped) = self.duration_cap.admit_once(TcpLabels {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use edgewatch_common::{BpfChange, COMM_LEN, MAP_KEY_HASHED, MAP_VALUE_HASHED, MapOp};
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -35,6 +35,7 @@ use crate::vocab::{
     errno,
     kernel::{map_type_name, name_label},
     labels::{Foldable, OVERFLOW, OptInLabels, OptLabels, Rendered, SeriesCap, series},
+    series::{Counters, SeriesCounter},
     spans::{SpanData, SpanRecord},
 };
 
@@ -158,14 +159,14 @@ const TYPE_SLOTS: usize = 64;
 
 pub struct MapAggregator {
     ctx: Context,
-    updates: Family<Rendered<OpLabels>, Counter>,
-    deletes: Family<Rendered<OpLabels>, Counter>,
+    updates: Counters<OpLabels>,
+    deletes: Counters<OpLabels>,
     duration: HistogramFamily<TypeLabel>,
     last_update: Family<Rendered<MapLabels>, TimeGauge>,
     updates_cap: SeriesCap<OpLabels>,
     deletes_cap: SeriesCap<OpLabels>,
     last_cap: SeriesCap<MapLabels>,
-    op_handles: HandleCache<OpKey, Capped<Counter>>,
+    op_handles: HandleCache<OpKey, Capped<SeriesCounter>>,
     last_handles: HandleCache<MapKey, Capped<TimeGauge>>,
     /// Duration histograms by map type (`TYPE_SLOTS` for unknown).
     durations: Vec<Option<Histogram>>,
@@ -175,8 +176,8 @@ pub struct MapAggregator {
 impl MapAggregator {
     /// Registers the map-operation metrics and returns their aggregator.
     pub fn register(registry: &mut Registry, ctx: &Context) -> Self {
-        let updates = Family::<Rendered<OpLabels>, Counter>::default();
-        let deletes = Family::<Rendered<OpLabels>, Counter>::default();
+        let updates = Counters::<OpLabels>::default();
+        let deletes = Counters::<OpLabels>::default();
         let duration: HistogramFamily<TypeLabel> = Family::new_with_constructor(duration_histogram);
         let last_update = Family::<Rendered<MapLabels>, TimeGauge>::default();
         registry.register(
@@ -224,7 +225,7 @@ impl MapAggregator {
         }
     }
 
-    fn op_handle(&mut self, key: &OpKey, op: &MapOp) -> Capped<Counter> {
+    fn op_handle(&mut self, key: &OpKey, op: &MapOp) -> Capped<SeriesCounter> {
         let result = if key.ret >= 0 {
             "ok"
         } else {
@@ -250,7 +251,7 @@ impl MapAggregator {
         };
         let (labels, dropped) = cap.admit_once(labels);
         Capped {
-            handle: series(family, labels),
+            handle: family.series(labels),
             dropped,
         }
     }

@@ -38,7 +38,8 @@ use super::{
 use crate::vocab::{
     errno,
     kernel::{family_name, tcp_state_name},
-    labels::{Foldable, OptInLabels, OptLabels, Rendered, SeriesCap, series},
+    labels::{Foldable, OptInLabels, OptLabels, SeriesCap},
+    series::{Counters, SeriesCounter},
 };
 
 /// Errors with which `__tcp_retransmit_skb()` returns before it adds to
@@ -116,14 +117,14 @@ struct RtxKey {
 }
 
 struct RtxHandles {
-    retransmits: Capped<Counter>,
-    segments: Capped<Counter>,
+    retransmits: Capped<SeriesCounter>,
+    segments: Capped<SeriesCounter>,
 }
 
 pub struct RetransmitAggregator {
     ctx: Context,
-    retransmits: Family<Rendered<RetransmitLabels>, Counter>,
-    segments: Family<Rendered<SegmentLabels>, Counter>,
+    retransmits: Counters<RetransmitLabels>,
+    segments: Counters<SegmentLabels>,
     skipped: Family<ReasonLabel, Counter>,
     retransmits_cap: SeriesCap<RetransmitLabels>,
     segments_cap: SeriesCap<SegmentLabels>,
@@ -133,8 +134,8 @@ pub struct RetransmitAggregator {
 impl RetransmitAggregator {
     /// Registers the retransmit metrics and returns their aggregator.
     pub fn register(registry: &mut Registry, ctx: &Context) -> Self {
-        let retransmits = Family::<Rendered<RetransmitLabels>, Counter>::default();
-        let segments = Family::<Rendered<SegmentLabels>, Counter>::default();
+        let retransmits = Counters::<RetransmitLabels>::default();
+        let segments = Counters::<SegmentLabels>::default();
         let skipped = Family::<ReasonLabel, Counter>::default();
         // Every reason is known: exported from zero.
         for e in EARLY_EXITS {
@@ -184,12 +185,12 @@ impl RetransmitAggregator {
             opt: opt.clone(),
         });
         let retransmits = Capped {
-            handle: series(&self.retransmits, l),
+            handle: self.retransmits.series(l),
             dropped,
         };
         let (l, dropped) = self.segments_cap.admit_once(SegmentLabels { family, opt });
         let segments = Capped {
-            handle: series(&self.segments, l),
+            handle: self.segments.series(l),
             dropped,
         };
         RtxHandles {

@@ -24,6 +24,7 @@
 //! counter past 2^53 keeps its exact integer here.
 
 use super::model;
+use crate::vocab::labels;
 
 /// Output that prometheus-client's encoder does not produce; the scrape
 /// answers 500 and logs it.
@@ -162,6 +163,22 @@ impl std::fmt::Write for Classic<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         if self.error.is_some() {
             return Err(std::fmt::Error);
+        }
+        // Lines the classic format writes as they are (vocab::series), after
+        // whole lines: the lines before them are passed, these copied.
+        if labels::plain_samples_on() && (self.chunk.is_empty() || self.chunk.ends_with('\n')) {
+            if !self.chunk.is_empty() {
+                let mut chunk = std::mem::take(&mut self.chunk);
+                let passed = self.pass(&chunk);
+                chunk.clear();
+                self.chunk = chunk;
+                passed.map_err(|e| {
+                    self.error = Some(e);
+                    std::fmt::Error
+                })?;
+            }
+            self.out.push_str(s);
+            return Ok(());
         }
         self.chunk.push_str(s);
         if self.chunk.len() < CHUNK {
@@ -346,6 +363,14 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut classic, r).unwrap();
         classic.finish().unwrap();
         assert_eq!(streamed, text);
+        // As /metrics encodes: rendered label sets whole, the counter
+        // families' samples copied as they come.
+        let mut real = String::new();
+        let mut classic = Classic::new(&mut real);
+        labels::text_encoding(|| prometheus_client::encoding::text::encode(&mut classic, r))
+            .unwrap();
+        classic.finish().unwrap();
+        assert_eq!(real, text);
         let om = openmetrics(r);
         for piece in 1..8 {
             let mut pieces = String::new();
@@ -555,6 +580,40 @@ mod tests {
         assert!(om.len() > 4 * CHUNK, "{}", om.len());
         let (text, reference) = both(&r);
         assert_eq!(text, reference);
+    }
+
+    /// The counter families of vocab::series, whose samples the writer
+    /// copies as they come, between families it checks line by line, over
+    /// many chunks; one with an empty label set (`{}`, which goes).
+    #[test]
+    fn series_counters_between_other_families() {
+        use crate::vocab::series::Counters;
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut r = Registry::default();
+        for f in 0..40 {
+            let counters = Counters::<Two>::default();
+            let gauges = Family::<Two, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+            for i in 0..rng.usize(0..200) {
+                let labels = Two {
+                    a: format!("{f}-{i}"),
+                    b: ["x", "q\"uote", "back\\slash # {}", "line\nfeed", "ü"][rng.usize(..5)]
+                        .repeat(rng.usize(1..6)),
+                };
+                counters.series(labels.clone()).inc_by(rng.u64(..1 << 40));
+                gauges.get_or_create(&labels).set(rng.f64() * 1e3);
+            }
+            r.register(format!("c{f}"), format!("Counters {f} \\ help"), counters);
+            r.register(format!("g{f}"), format!("Gauges {f}"), gauges);
+        }
+        let empty = Counters::<NoLabels>::default();
+        empty.series(NoLabels {}).inc_by(4);
+        r.register("empty", "Empty label set", empty);
+        let om = labels::text_encoding(|| openmetrics(&r));
+        assert!(om.len() > 4 * CHUNK, "{}", om.len());
+        assert!(om.contains("\nempty_total{} 4\n"), "{om}");
+        let (text, reference) = both(&r);
+        assert_eq!(text, reference);
+        assert!(text.contains("\nempty_total 4\n"), "{text}");
     }
 
     #[test]

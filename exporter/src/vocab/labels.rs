@@ -254,9 +254,41 @@ pub fn text_encoding<R>(encode: impl FnOnce() -> R) -> R {
     encode()
 }
 
+/// Whether a prometheus-client text encode runs on this thread
+/// ([`text_encoding`]).
+pub fn text_encoding_on() -> bool {
+    TEXT_ENCODING.get()
+}
+
+thread_local! {
+    /// Set while every line written is a counter sample line the classic
+    /// text format writes the same ([`plain_samples`]).
+    static PLAIN_SAMPLES: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `write`, which writes counter sample lines only, each with an
+/// integer value, a label set that is not empty and no exemplar: lines the
+/// Prometheus text format 0.0.4 writes as OpenMetrics does, which the
+/// classic writer (export/text.rs) then copies as they come.
+pub fn plain_samples<R>(write: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PLAIN_SAMPLES.set(self.0);
+        }
+    }
+    let _restore = Restore(PLAIN_SAMPLES.replace(true));
+    write()
+}
+
+/// Whether the lines written now are [`plain_samples`].
+pub fn plain_samples_on() -> bool {
+    PLAIN_SAMPLES.get()
+}
+
 /// `labels` as prometheus-client's text encoder writes them between the
 /// braces; None for an empty set.
-fn render<L>(labels: &L) -> Option<Arc<str>>
+pub(super) fn render<L>(labels: &L) -> Option<Arc<str>>
 where
     L: EncodeLabelSet + Clone + Hash + Eq + Debug + Send + Sync + 'static,
 {

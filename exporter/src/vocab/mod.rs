@@ -12,5 +12,6 @@ pub mod kernel;
 pub mod labels;
 pub mod redact;
 pub mod refs;
+pub mod series;
 pub mod spans;
 pub mod workload;

@@ -8,7 +8,7 @@
 //! request: a scrape asks for a drain first, so what a scrape shows includes
 //! every record the kernel had committed when the scrape arrived.
 
-use std::time::Duration;
+use std::{os::fd::AsFd, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use edgewatch_common::Header;
@@ -176,8 +176,12 @@ impl FlushHandle {
     }
 }
 
+mod reader;
+
 pub struct Pipeline {
+    /// Readiness only: the records are read through `reader`.
     ring: AsyncFd<RingBuf<MapData>>,
+    reader: reader::Reader,
     dispatcher: Dispatcher,
     interval: Duration,
     flush_rx: mpsc::Receiver<oneshot::Sender<()>>,
@@ -185,11 +189,14 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// `size`: the ring buffer's size in bytes (its max_entries).
     pub fn new(
         ring: RingBuf<MapData>,
+        size: usize,
         dispatcher: Dispatcher,
         interval: Duration,
     ) -> std::io::Result<(Self, FlushHandle)> {
+        let reader = reader::Reader::new(ring.as_fd(), size)?;
         // SAFETY: the ring buffer's fd is owned by the RingBuf, which the
         // AsyncFd owns: it stays open until the AsyncFd is dropped.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
@@ -198,6 +205,7 @@ impl Pipeline {
         Ok((
             Self {
                 ring,
+                reader,
                 dispatcher,
                 interval,
                 flush_rx,
@@ -211,13 +219,10 @@ impl Pipeline {
     }
 
     fn drain(&mut self) -> usize {
-        let ring = self.ring.get_mut();
-        let mut n = 0;
-        while let Some(item) = ring.next() {
-            self.dispatcher.dispatch(&item);
-            n += 1;
-        }
-        n
+        let Self {
+            reader, dispatcher, ..
+        } = self;
+        reader.drain(|record| dispatcher.dispatch(record))
     }
 
     /// Runs until `shutdown` turns true, then drains one last time.

@@ -129,3 +129,55 @@ pub fn pin_to_cpu(cpu: usize) {
         );
     }
 }
+
+/// The first two pages of the ring buffer of a process, mapped read-only:
+/// the kernel's consumer and producer positions. Opening it makes bpf()
+/// calls (which the map probe records); reading it makes none.
+pub struct RingPositions {
+    pages: [*mut libc::c_void; 2],
+    page: usize,
+}
+
+impl RingPositions {
+    pub fn open(pid: u32) -> Self {
+        use std::os::fd::{AsFd, AsRawFd};
+        let map =
+            MapData::from_id(map_id_of(pid, "ew_events")).expect("open the ring buffer by id");
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let pages = [0, page].map(|offset| {
+            // SAFETY: a fresh read-only shared mapping of one page of the
+            // ring buffer's fd, unmapped on drop.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    page,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED,
+                    map.fd().as_fd().as_raw_fd(),
+                    offset as libc::off_t,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED, "mmap of the ring buffer");
+            p
+        });
+        Self { pages, page }
+    }
+
+    /// (consumer, producer) positions now.
+    pub fn read(&self) -> (u64, u64) {
+        // SAFETY: each page starts with the kernel's aligned position, and
+        // stays mapped while self lives.
+        let read = |p: *mut libc::c_void| unsafe { std::ptr::read_volatile(p.cast::<u64>()) };
+        (read(self.pages[0]), read(self.pages[1]))
+    }
+}
+
+impl Drop for RingPositions {
+    fn drop(&mut self) {
+        for p in self.pages {
+            // SAFETY: mapped in open(), unmapped once.
+            unsafe { libc::munmap(p, self.page) };
+        }
+    }
+}

@@ -15,7 +15,7 @@
 //!
 //! sudo cargo bench -p edgewatch --bench ringbuf -- [--seconds 10]
 //!     [--rates 1,2,3,4,5,6,8] (millions of records per second)
-//!     [--before /path/to/old/edgewatch]
+//!     [--before /path/to/old/edgewatch] [--labels comm] (opt-in labels)
 
 #![allow(
     clippy::unwrap_used,
@@ -86,11 +86,19 @@ fn main() {
 
     let before: Option<String> =
         Some(common::bench_arg("--before", String::new())).filter(|s| !s.is_empty());
+    // Opt-in labels for every binary (`--labels comm`: the process name).
+    let labels: String = common::bench_arg("--labels", String::new());
+    let mut args = vec!["--probes".to_string(), "map".to_string()];
+    if !labels.is_empty() {
+        println!("opt-in labels: {labels}");
+        args.push(format!("--metrics.labels={labels}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut runs = Vec::new();
     if let Some(b) = &before {
-        runs.push(("before", Edgewatch::start_binary(b, &["--probes", "map"])));
+        runs.push(("before", Edgewatch::start_binary(b, &args)));
     }
-    runs.push(("edgewatch", Edgewatch::start(&["--probes", "map"])));
+    runs.push(("edgewatch", Edgewatch::start(&args)));
     let probes: Vec<Emitter> = runs
         .iter()
         .map(|(_, ew)| Emitter::attach_to(ew.pid(), "ewrbprobe"))

@@ -8,9 +8,12 @@
 //! request: a scrape asks for a drain first, so what a scrape shows includes
 //! every record the kernel had committed when the scrape arrived.
 
-use std::{os::fd::AsFd, time::Duration};
+use std::{
+    os::fd::{AsFd, AsRawFd, RawFd},
+    time::Duration,
+};
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::MapData;
 use edgewatch_common::Header;
 use prometheus_client::metrics::counter::Counter;
 use tokio::{
@@ -178,9 +181,20 @@ impl FlushHandle {
 
 mod reader;
 
+/// The ring buffer map, for readiness: its records are read through
+/// [`reader::Reader`]'s mapping. (aya's `RingBuf` would map the ring too,
+/// and the kernel maps a ring buffer's pages all at once: the 2 x 8 MiB of
+/// a second mapping showed in RSS.)
+struct RingFd(MapData);
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.fd().as_fd().as_raw_fd()
+    }
+}
+
 pub struct Pipeline {
-    /// Readiness only: the records are read through `reader`.
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: AsyncFd<RingFd>,
     reader: reader::Reader,
     dispatcher: Dispatcher,
     interval: Duration,
@@ -189,17 +203,17 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// `size`: the ring buffer's size in bytes (its max_entries).
+    /// `ring`: the ring buffer map of `size` bytes (its max_entries).
     pub fn new(
-        ring: RingBuf<MapData>,
+        ring: MapData,
         size: usize,
         dispatcher: Dispatcher,
         interval: Duration,
     ) -> std::io::Result<(Self, FlushHandle)> {
-        let reader = reader::Reader::new(ring.as_fd(), size)?;
-        // SAFETY: the ring buffer's fd is owned by the RingBuf, which the
+        let reader = reader::Reader::new(ring.fd().as_fd(), size)?;
+        // SAFETY: the ring buffer's fd is owned by the MapData, which the
         // AsyncFd owns: it stays open until the AsyncFd is dropped.
-        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| e.into_parts().1)?;
+        let ring = unsafe { AsyncFd::register(RingFd(ring)) }.map_err(|e| e.into_parts().1)?;
         let (tx, flush_rx) = mpsc::channel(64);
         let (reconfigure, reconfigure_rx) = mpsc::channel(4);
         Ok((

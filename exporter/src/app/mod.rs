@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray},
 };
 use prometheus_client::registry::Registry;
 
@@ -209,7 +209,7 @@ pub struct Agent {
     pub attached: Vec<Attached>,
     pub wiring: Wiring,
     /// The ring buffer every probe writes into.
-    pub ring: RingBuf<MapData>,
+    pub ring: MapData,
     /// The XDP datapath, when interfaces are configured.
     pub datapath: Option<Result<Datapath, XdpError>>,
     /// Whether the map inventory's iterator loaded (map probe only).
@@ -255,8 +255,12 @@ impl Agent {
             bpf.take_map("ew_lost").context("map ew_lost missing")?,
         )
         .context("opening ew_lost")?;
-        let ring = RingBuf::try_from(bpf.take_map("ew_events").context("map ew_events missing")?)
-            .context("opening the ring buffer")?;
+        // The map itself: the pipeline maps the ring (aya's RingBuf would
+        // map it a second time).
+        let ring = match bpf.take_map("ew_events").context("map ew_events missing")? {
+            aya::maps::Map::RingBuf(ring) => ring,
+            _ => anyhow::bail!("map ew_events is not a ring buffer"),
+        };
 
         let xdp_metrics = XdpMetrics::default();
         let mut datapath = (!settings.xdp_interfaces.is_empty()).then(|| {

@@ -8,11 +8,7 @@
 //! label combination.
 
 use edgewatch_common::{COMM_LEN, ConnectCall, TcpConnect};
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{family::Family, histogram::Histogram},
-    registry::Registry,
-};
+use prometheus_client::{encoding::EncodeLabelSet, metrics::family::Family, registry::Registry};
 
 use super::{
     Context, OnRecord, Reconfigure,
@@ -24,7 +20,7 @@ use crate::vocab::{
     errno,
     kernel::{family_name, name_label},
     labels::{Foldable, OptInLabels, OptLabels, Rendered, SeriesCap, series},
-    series::{Counters, SeriesCounter},
+    series::{Counters, SeriesCounter, SeriesHistogram},
     spans::{SpanData, SpanRecord},
 };
 
@@ -91,10 +87,10 @@ impl Foldable for TcpLabels {
     }
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type HistogramFamily<L> = Family<L, SeriesHistogram, fn() -> SeriesHistogram>;
 
-fn duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS.iter().copied())
+fn duration_histogram() -> SeriesHistogram {
+    SeriesHistogram::new(DURATION_BUCKETS.iter().copied())
 }
 
 /// The outcome of a handshake that left SYN_SENT.
@@ -134,7 +130,7 @@ struct TcpKey {
 
 struct TcpHandles {
     connects: Capped<SeriesCounter>,
-    duration: Capped<Histogram>,
+    duration: Capped<SeriesHistogram>,
 }
 
 pub struct ConnectAggregator {

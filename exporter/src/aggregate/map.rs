@@ -21,7 +21,7 @@ use std::sync::Arc;
 use edgewatch_common::{BpfChange, COMM_LEN, MAP_KEY_HASHED, MAP_VALUE_HASHED, MapOp};
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -35,7 +35,7 @@ use crate::vocab::{
     errno,
     kernel::{map_type_name, name_label},
     labels::{Foldable, OVERFLOW, OptInLabels, OptLabels, Rendered, SeriesCap, series},
-    series::{Counters, SeriesCounter},
+    series::{Counters, SeriesCounter, SeriesHistogram},
     spans::{SpanData, SpanRecord},
 };
 
@@ -126,10 +126,10 @@ impl Foldable for MapLabels {
     }
 }
 
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type HistogramFamily<L> = Family<L, SeriesHistogram, fn() -> SeriesHistogram>;
 
-fn duration_histogram() -> Histogram {
-    Histogram::new(DURATION_BUCKETS.iter().copied())
+fn duration_histogram() -> SeriesHistogram {
+    SeriesHistogram::new(DURATION_BUCKETS.iter().copied())
 }
 
 /// One result of one kind of call on one map, by its raw fields.
@@ -169,7 +169,7 @@ pub struct MapAggregator {
     op_handles: HandleCache<OpKey, Capped<SeriesCounter>>,
     last_handles: HandleCache<MapKey, Capped<TimeGauge>>,
     /// Duration histograms by map type (`TYPE_SLOTS` for unknown).
-    durations: Vec<Option<Histogram>>,
+    durations: Vec<Option<SeriesHistogram>>,
     doctor: Doctor,
 }
 
@@ -283,7 +283,7 @@ impl MapAggregator {
         self.op_handles.insert(key, h);
     }
 
-    fn duration(&mut self, op: &MapOp) -> &Histogram {
+    fn duration(&mut self, op: &MapOp) -> &SeriesHistogram {
         let slot = if op.map_id == 0 {
             TYPE_SLOTS
         } else {

@@ -51,7 +51,11 @@ impl Block {
 }
 
 /// One series' counter: its cell in its family's blocks. Counts like
-/// prometheus-client's `Counter`.
+/// prometheus-client's `Counter`, for one writer at a time: the consumer
+/// task, whose aggregators hold the handles and count one record after
+/// another (nothing else counts into these families). An increment is a
+/// load and a store, not a locked read-modify-write (one per record, ~5 ns
+/// of the consumer's ~50 ns); readers (the encoders) load whole values.
 #[derive(Clone, Debug)]
 pub struct SeriesCounter {
     block: Arc<Block>,
@@ -68,7 +72,10 @@ impl SeriesCounter {
     /// Adds `v`; returns the value before.
     #[inline]
     pub fn inc_by(&self, v: u64) -> u64 {
-        self.block.0[self.cell].fetch_add(v, Ordering::Relaxed)
+        let cell = &self.block.0[self.cell];
+        let before = cell.load(Ordering::Relaxed);
+        cell.store(before.wrapping_add(v), Ordering::Relaxed);
+        before
     }
 
     pub fn get(&self) -> u64 {
@@ -244,6 +251,97 @@ where
     }
 }
 
+/// A histogram with prometheus-client's classic buckets and exposition,
+/// for one writer at a time like [`SeriesCounter`] (the consumer task):
+/// an observation is a few loads and stores instead of prometheus-client's
+/// mutex (two locked instructions per record, ~10 ns of the consumer's
+/// ~50 ns). The count is the sum of the buckets when encoded, so `_count`
+/// and the `+Inf` bucket always agree; `_sum` is stored after the bucket,
+/// so an encode that runs while a record is counted may show that one
+/// observation in the buckets and not yet in the sum.
+#[derive(Clone, Debug)]
+pub struct SeriesHistogram {
+    inner: Arc<HistogramCells>,
+}
+
+#[derive(Debug)]
+struct HistogramCells {
+    /// Finite upper bounds, ascending; the last bucket is `+Inf`.
+    bounds: Box<[f64]>,
+    /// Observations per bucket (not cumulative), `bounds.len() + 1`.
+    buckets: Box<[AtomicU64]>,
+    /// The sum's bits.
+    sum: AtomicU64,
+}
+
+impl SeriesHistogram {
+    /// Buckets with these upper bounds (ascending; infinite ones are
+    /// dropped, as prometheus-client drops them) and `+Inf`.
+    pub fn new(bounds: impl IntoIterator<Item = f64>) -> Self {
+        let bounds: Box<[f64]> = bounds.into_iter().filter(|b| b.is_finite()).collect();
+        let buckets = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            inner: Arc::new(HistogramCells {
+                bounds,
+                buckets,
+                sum: AtomicU64::new(0f64.to_bits()),
+            }),
+        }
+    }
+
+    /// Counts `v` in the first bucket whose upper bound is at least `v`
+    /// (`+Inf` for NaN), as prometheus-client does.
+    #[inline]
+    pub fn observe(&self, v: f64) {
+        let h = &*self.inner;
+        let i = if v.is_nan() {
+            h.bounds.len()
+        } else {
+            h.bounds
+                .iter()
+                .position(|b| *b >= v)
+                .unwrap_or(h.bounds.len())
+        };
+        let bucket = &h.buckets[i];
+        bucket.store(bucket.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let sum = f64::from_bits(h.sum.load(Ordering::Relaxed)) + v;
+        h.sum.store(sum.to_bits(), Ordering::Relaxed);
+    }
+
+    /// (sum, count, buckets as (upper bound, observations)).
+    fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let h = &*self.inner;
+        let buckets: Vec<(f64, u64)> = h
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(h.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        (
+            f64::from_bits(h.sum.load(Ordering::Relaxed)),
+            count,
+            buckets,
+        )
+    }
+}
+
+impl TypedMetric for SeriesHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for SeriesHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = self.snapshot();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prometheus_client::{
@@ -328,6 +426,82 @@ mod tests {
         empty.register("y", "Y", Counters::<S>::default());
         empty.register("z", "Z", Family::<S, Counter>::default());
         assert_eq!(labels::text_encoding(|| text(&empty)), "# EOF\n");
+    }
+
+    /// The same observations (on bounds, between, past the last, below
+    /// the first, infinite, NaN) as prometheus-client's own histogram: the
+    /// same text and protobuf encodings, in a family and alone.
+    #[test]
+    fn histogram_encodes_as_prometheus_clients() {
+        use prometheus_client::metrics::histogram::Histogram;
+        let bounds = [0.001, 0.01, 0.5, 1.0, f64::INFINITY];
+        let values = [
+            0.0005,
+            0.001,
+            0.002,
+            0.5,
+            0.75,
+            1.0,
+            7.0,
+            -3.0,
+            f64::INFINITY,
+            1e-9,
+        ];
+        let ours =
+            Family::<S, SeriesHistogram, fn() -> SeriesHistogram>::new_with_constructor(|| {
+                SeriesHistogram::new([0.001, 0.01, 0.5, 1.0, f64::INFINITY])
+            });
+        let theirs = Family::<S, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+            Histogram::new([0.001, 0.01, 0.5, 1.0, f64::INFINITY])
+        });
+        let alone = SeriesHistogram::new(bounds);
+        let alone_theirs = Histogram::new(bounds);
+        for (i, v) in values.iter().enumerate() {
+            ours.get_or_create(&set(i % 3)).observe(*v);
+            theirs.get_or_create(&set(i % 3)).observe(*v);
+            alone.observe(*v);
+            alone_theirs.observe(*v);
+        }
+        let nan = SeriesHistogram::new(bounds);
+        nan.observe(f64::NAN);
+        let nan_theirs = Histogram::new(bounds);
+        nan_theirs.observe(f64::NAN);
+        let mut a = Registry::default();
+        a.register("d", "D", ours);
+        a.register("one", "One", alone);
+        a.register("nan", "NaN", nan);
+        let mut b = Registry::default();
+        b.register("d", "D", theirs);
+        b.register("one", "One", alone_theirs);
+        b.register("nan", "NaN", nan_theirs);
+        let sorted = |r: &Registry| {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, r).unwrap();
+            let mut lines: Vec<_> = text.lines().map(str::to_string).collect();
+            lines.sort();
+            lines
+        };
+        let text = sorted(&a);
+        assert_eq!(text, sorted(&b));
+        assert!(
+            text.contains(&"one_bucket{le=\"0.001\"} 4".to_string()),
+            "{text:?}"
+        );
+        assert!(text.contains(&"one_count 10".to_string()), "{text:?}");
+        assert!(
+            text.contains(&"nan_bucket{le=\"+Inf\"} 1".to_string()),
+            "{text:?}"
+        );
+        let protobuf = |r: &Registry| {
+            let families = prometheus_client::encoding::prometheus_protobuf::encode(r).unwrap();
+            let mut metrics: Vec<_> = families
+                .iter()
+                .flat_map(|f| f.metric.iter().map(|m| format!("{:?} {m:?}", f.name)))
+                .collect();
+            metrics.sort();
+            metrics
+        };
+        assert_eq!(protobuf(&a), protobuf(&b));
     }
 
     #[test]

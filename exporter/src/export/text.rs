@@ -557,6 +557,16 @@ mod tests {
 
     /// Expositions of many chunks: HELP and TYPE lines, escaped label
     /// values and rewritten values fall on every side of a chunk's end.
+    /// Labels `f-i` and a value of characters that escapes and structure
+    /// care about.
+    fn awkward(f: usize, i: usize, rng: &mut fastrand::Rng) -> Two {
+        Two {
+            a: format!("{f}-{i}"),
+            b: ["x", "q\"uote", "back\\slash # {}", "line\nfeed", "ü"][rng.usize(..5)]
+                .repeat(rng.usize(1..6)),
+        }
+    }
+
     #[test]
     fn expositions_larger_than_a_chunk() {
         let mut rng = fastrand::Rng::with_seed(7);
@@ -565,11 +575,7 @@ mod tests {
             let counters = Family::<Two, Counter>::default();
             let gauges = Family::<Two, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
             for i in 0..rng.usize(0..12) {
-                let labels = Two {
-                    a: format!("{f}-{i}"),
-                    b: ["x", "q\"uote", "back\\slash # {}", "line\nfeed", "ü"][rng.usize(..5)]
-                        .repeat(rng.usize(1..6)),
-                };
+                let labels = awkward(f, i, &mut rng);
                 counters.get_or_create(&labels).inc_by(rng.u64(..1 << 40));
                 gauges.get_or_create(&labels).set(rng.f64() * 1e3);
             }
@@ -594,11 +600,7 @@ mod tests {
             let counters = Counters::<Two>::default();
             let gauges = Family::<Two, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
             for i in 0..rng.usize(0..200) {
-                let labels = Two {
-                    a: format!("{f}-{i}"),
-                    b: ["x", "q\"uote", "back\\slash # {}", "line\nfeed", "ü"][rng.usize(..5)]
-                        .repeat(rng.usize(1..6)),
-                };
+                let labels = awkward(f, i, &mut rng);
                 counters.series(labels.clone()).inc_by(rng.u64(..1 << 40));
                 gauges.get_or_create(&labels).set(rng.f64() * 1e3);
             }

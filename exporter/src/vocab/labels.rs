@@ -11,7 +11,7 @@
 //! retransmits, map operations) key their series by [`Rendered`] label sets,
 //! whose text /metrics copies whole.
 
-use std::{cell::Cell, collections::HashSet, fmt::Debug, hash::Hash, sync::Arc};
+use std::{cell::Cell, collections::HashSet, fmt::Debug, hash::Hash, sync::Arc, thread::LocalKey};
 
 use prometheus_client::{
     encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder},
@@ -244,14 +244,19 @@ thread_local! {
 /// Runs `encode`, a prometheus-client text (OpenMetrics) encode on this
 /// thread, with [`Rendered`] label sets written whole.
 pub fn text_encoding<R>(encode: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
+    with_flag(&TEXT_ENCODING, encode)
+}
+
+/// Runs `f` with `flag` set, and restores it after, also on unwind.
+fn with_flag<R>(flag: &'static LocalKey<Cell<bool>>, f: impl FnOnce() -> R) -> R {
+    struct Restore(&'static LocalKey<Cell<bool>>, bool);
     impl Drop for Restore {
         fn drop(&mut self) {
-            TEXT_ENCODING.set(self.0);
+            self.0.set(self.1);
         }
     }
-    let _restore = Restore(TEXT_ENCODING.replace(true));
-    encode()
+    let _restore = Restore(flag, flag.replace(true));
+    f()
 }
 
 /// Whether a prometheus-client text encode runs on this thread
@@ -271,14 +276,7 @@ thread_local! {
 /// Prometheus text format 0.0.4 writes as OpenMetrics does, which the
 /// classic writer (export/text.rs) then copies as they come.
 pub fn plain_samples<R>(write: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            PLAIN_SAMPLES.set(self.0);
-        }
-    }
-    let _restore = Restore(PLAIN_SAMPLES.replace(true));
-    write()
+    with_flag(&PLAIN_SAMPLES, write)
 }
 
 /// Whether the lines written now are [`plain_samples`].
@@ -415,6 +413,7 @@ mod tests {
     use prometheus_client::metrics::histogram::Histogram;
 
     use super::*;
+    use crate::vocab::testing::{protobuf, sorted, text};
 
     #[derive(Clone, Debug, Hash, PartialEq, Eq)]
     struct L(&'static str, Option<String>);
@@ -501,13 +500,7 @@ mod tests {
         rendered_r.register("h", "H", rendered_h);
         let (plain, rendered) = (plain_r, rendered_r);
         // Lines sorted: each family iterates its own hash map's order.
-        let encode = |r: &Registry| {
-            let mut text = String::new();
-            prometheus_client::encoding::text::encode(&mut text, r).unwrap();
-            let mut lines: Vec<_> = text.lines().map(str::to_string).collect();
-            lines.sort();
-            lines.join("\n")
-        };
+        let encode = |r: &Registry| sorted(&text(r)).join("\n");
         let whole = text_encoding(|| encode(&rendered));
         assert_eq!(whole, encode(&plain));
         assert!(
@@ -518,15 +511,6 @@ mod tests {
         assert!(!TEXT_ENCODING.get());
         assert_eq!(encode(&rendered), whole);
         // The protobuf encoder (what OTLP's model reads) gets the labels.
-        let protobuf = |r: &Registry| {
-            let families = prometheus_client::encoding::prometheus_protobuf::encode(r).unwrap();
-            let mut metrics: Vec<_> = families
-                .iter()
-                .flat_map(|f| f.metric.iter().map(|m| format!("{:?} {m:?}", f.name)))
-                .collect();
-            metrics.sort();
-            metrics
-        };
         assert_eq!(protobuf(&rendered), protobuf(&plain));
     }
 

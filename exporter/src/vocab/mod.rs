@@ -14,4 +14,6 @@ pub mod redact;
 pub mod refs;
 pub mod series;
 pub mod spans;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod workload;

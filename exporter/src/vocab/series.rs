@@ -350,7 +350,10 @@ mod tests {
     };
 
     use super::*;
-    use crate::vocab::labels::OptLabels;
+    use crate::vocab::{
+        labels::OptLabels,
+        testing::{protobuf, sorted, text},
+    };
 
     #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
     struct S {
@@ -394,32 +397,13 @@ mod tests {
         a.register("x", "X", ours.clone());
         let mut b = Registry::default();
         b.register("x", "X", theirs);
-        let text = |r: &Registry| {
-            let mut text = String::new();
-            prometheus_client::encoding::text::encode(&mut text, r).unwrap();
-            text
-        };
-        let sorted = |text: String| {
-            let mut lines: Vec<_> = text.lines().map(str::to_string).collect();
-            lines.sort();
-            lines
-        };
         let whole = labels::text_encoding(|| text(&a));
-        assert_eq!(sorted(whole.clone()), sorted(text(&b)));
+        assert_eq!(sorted(&whole), sorted(&text(&b)));
         assert_eq!(text(&a), whole);
         let samples: Vec<_> = whole.lines().filter(|l| !l.starts_with('#')).collect();
         for (i, line) in samples.iter().enumerate() {
             assert!(line.ends_with(&format!(" {}", i + 1)), "{line}");
         }
-        let protobuf = |r: &Registry| {
-            let families = prometheus_client::encoding::prometheus_protobuf::encode(r).unwrap();
-            let mut metrics: Vec<_> = families
-                .iter()
-                .flat_map(|f| f.metric.iter().map(|m| format!("{:?} {m:?}", f.name)))
-                .collect();
-            metrics.sort();
-            metrics
-        };
         assert_eq!(protobuf(&a), protobuf(&b));
         // A family with no series writes nothing, as prometheus-client's.
         let mut empty = Registry::default();
@@ -474,33 +458,17 @@ mod tests {
         b.register("d", "D", theirs);
         b.register("one", "One", alone_theirs);
         b.register("nan", "NaN", nan_theirs);
-        let sorted = |r: &Registry| {
-            let mut text = String::new();
-            prometheus_client::encoding::text::encode(&mut text, r).unwrap();
-            let mut lines: Vec<_> = text.lines().map(str::to_string).collect();
-            lines.sort();
-            lines
-        };
-        let text = sorted(&a);
-        assert_eq!(text, sorted(&b));
+        let lines = sorted(&text(&a));
+        assert_eq!(lines, sorted(&text(&b)));
         assert!(
-            text.contains(&"one_bucket{le=\"0.001\"} 4".to_string()),
-            "{text:?}"
+            lines.contains(&"one_bucket{le=\"0.001\"} 4".to_string()),
+            "{lines:?}"
         );
-        assert!(text.contains(&"one_count 10".to_string()), "{text:?}");
+        assert!(lines.contains(&"one_count 10".to_string()), "{lines:?}");
         assert!(
-            text.contains(&"nan_bucket{le=\"+Inf\"} 1".to_string()),
-            "{text:?}"
+            lines.contains(&"nan_bucket{le=\"+Inf\"} 1".to_string()),
+            "{lines:?}"
         );
-        let protobuf = |r: &Registry| {
-            let families = prometheus_client::encoding::prometheus_protobuf::encode(r).unwrap();
-            let mut metrics: Vec<_> = families
-                .iter()
-                .flat_map(|f| f.metric.iter().map(|m| format!("{:?} {m:?}", f.name)))
-                .collect();
-            metrics.sort();
-            metrics
-        };
         assert_eq!(protobuf(&a), protobuf(&b));
     }
 

@@ -51,7 +51,8 @@ const CHUNK: usize = 32 * 1024;
 /// whole of it was written (with 10,000 series a pass over a finished
 /// 900 KB body took 0.7 ms of a 1.8 ms encode, more under load). Most
 /// sample lines are the same in both formats: runs of them are copied
-/// whole.
+/// whole, and lines written under `labels::plain_samples` (the counter
+/// families of vocab::series) go straight to `out` without being checked.
 pub struct Classic<'a> {
     out: &'a mut String,
     /// OpenMetrics written and not yet passed.

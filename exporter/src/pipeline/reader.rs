@@ -109,7 +109,7 @@ impl Reader {
             pos: 0,
             published: 0,
             producer_pos: 0,
-            // A sixteenth of the ring, at most 16 KiB (about 128 map
+            // A sixteenth of the ring, at most 4 KiB (about 32 map
             // records): small against the ring, large against a record.
             publish_every: (size as u64 / 16).min(4 * 1024),
         };

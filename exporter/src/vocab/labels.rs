@@ -6,10 +6,11 @@
 //! Label sets without opt-in labels derive prometheus-client's
 //! `EncodeLabelSet`; the ones with opt-in labels flatten [`OptLabels`] into
 //! the derive (`#[prometheus(flatten)]`), which is the one hand-written
-//! encoder: the derive would encode a `None` as an empty value. The
-//! families whose series count grows with what the node does (connects,
-//! retransmits, map operations) key their series by [`Rendered`] label sets,
-//! whose text /metrics copies whole.
+//! encoder: the derive would encode a `None` as an empty value. Families
+//! whose series count grows with what the node does render each label set
+//! once, when its series is created, and /metrics copies that text whole:
+//! the counter families in [`super::series::Counters`], the histogram and
+//! gauge ones keyed by [`Rendered`] label sets.
 
 use std::{cell::Cell, collections::HashSet, fmt::Debug, hash::Hash, sync::Arc, thread::LocalKey};
 

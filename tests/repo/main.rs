@@ -16,3 +16,4 @@ mod cli;
 mod dashboards;
 mod deploy;
 mod layers;
+mod lockfiles;

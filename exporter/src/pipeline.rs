@@ -203,14 +203,14 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// `ring`: the ring buffer map of `size` bytes (its max_entries).
+    /// `ring`: the ring buffer map; its size is the kernel's (max_entries).
     pub fn new(
         ring: MapData,
-        size: usize,
         dispatcher: Dispatcher,
         interval: Duration,
     ) -> std::io::Result<(Self, FlushHandle)> {
-        let reader = reader::Reader::new(ring.fd().as_fd(), size)?;
+        let size = ring.info().map_err(std::io::Error::other)?.max_entries();
+        let reader = reader::Reader::new(ring.fd().as_fd(), size as usize)?;
         // SAFETY: the ring buffer's fd is owned by the MapData, which the
         // AsyncFd owns: it stays open until the AsyncFd is dropped.
         let ring = unsafe { AsyncFd::register(RingFd(ring)) }.map_err(|e| e.into_parts().1)?;

@@ -228,13 +228,8 @@ async fn serve(settings: Settings, reload: Reload) -> Result<ExitCode> {
     let Agent {
         wiring, ring, bpf, ..
     } = agent;
-    let (pipeline, flush) = Pipeline::new(
-        ring,
-        settings.ringbuf_size as usize,
-        wiring.dispatcher,
-        settings.flush_interval,
-    )
-    .context("registering the ring buffer with tokio")?;
+    let (pipeline, flush) = Pipeline::new(ring, wiring.dispatcher, settings.flush_interval)
+        .context("registering the ring buffer with tokio")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // The consumer stops first, after a last drain: what the last OTLP

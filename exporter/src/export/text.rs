@@ -169,14 +169,7 @@ impl std::fmt::Write for Classic<'_> {
         // whole lines: the lines before them are passed, these copied.
         if labels::plain_samples_on() && (self.chunk.is_empty() || self.chunk.ends_with('\n')) {
             if !self.chunk.is_empty() {
-                let mut chunk = std::mem::take(&mut self.chunk);
-                let passed = self.pass(&chunk);
-                chunk.clear();
-                self.chunk = chunk;
-                passed.map_err(|e| {
-                    self.error = Some(e);
-                    std::fmt::Error
-                })?;
+                self.pass_lines(self.chunk.len())?;
             }
             self.out.push_str(s);
             return Ok(());
@@ -188,9 +181,17 @@ impl std::fmt::Write for Classic<'_> {
         let Some(end) = memchr::memrchr(b'\n', self.chunk.as_bytes()) else {
             return Ok(());
         };
+        self.pass_lines(end + 1)
+    }
+}
+
+impl Classic<'_> {
+    /// Passes the chunk's first `end` bytes (whole lines) and keeps the
+    /// rest; the first unexpected line is kept for [`Classic::finish`].
+    fn pass_lines(&mut self, end: usize) -> std::fmt::Result {
         let mut chunk = std::mem::take(&mut self.chunk);
-        let passed = self.pass(&chunk[..=end]);
-        chunk.drain(..=end);
+        let passed = self.pass(&chunk[..end]);
+        chunk.drain(..end);
         self.chunk = chunk;
         passed.map_err(|e| {
             self.error = Some(e);
